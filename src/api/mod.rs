@@ -1,0 +1,73 @@
+//! HTTP layer: thin handlers that parse, call the domain core, and shape the answer.
+
+mod auth;
+mod health;
+mod output_csv;
+mod status;
+mod upload;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+pub use auth::{ApiKeys, Owner};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::store::Store;
+use crate::worker::Wakeup;
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub keys: Arc<ApiKeys>,
+    pub wakeup: Wakeup,
+    /// Base of output image URLs, without a trailing slash.
+    pub public_url: Arc<str>,
+}
+
+pub fn router(state: AppState) -> Router {
+    // The multipart envelope (boundaries, part headers, the webhookUrl part) adds a little to the
+    // CSV itself; the CSV's own limit is enforced exactly while its part streams in.
+    let body_limit = state
+        .config
+        .limits
+        .max_upload_bytes
+        .saturating_add(64 * 1024);
+    let api = Router::new()
+        .route(
+            "/upload",
+            post(upload::upload).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route("/status/{request_id}", get(status::status))
+        .route(
+            "/requests/{request_id}/output.csv",
+            get(output_csv::output_csv),
+        )
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) });
+    let mut app = Router::new()
+        .nest("/api", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if let Some(dir) = state.config.storage_dir() {
+        app = app.nest_service(
+            "/images",
+            tower_http::services::ServeDir::new(dir).append_index_html_on_directories(false),
+        );
+    }
+    app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

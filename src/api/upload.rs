@@ -1,0 +1,125 @@
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::{Multipart, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::Serialize;
+
+use super::{AppState, Owner};
+use crate::csv_input::CsvLimits;
+use crate::domain::RequestId;
+use crate::error::{ApiError, ApiResult};
+use crate::intake::{self, Upload};
+
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+const MAX_TEXT_PART: usize = 8 * 1024;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadResponse {
+    pub request_id: RequestId,
+}
+
+pub async fn upload(
+    State(state): State<AppState>,
+    owner: Owner,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Json<UploadResponse>> {
+    let is_multipart = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    if !is_multipart {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the CSV as multipart/form-data with a part named \"file\"".into(),
+        ));
+    }
+    let idempotency_key = idempotency_key(&headers)?;
+    let mut multipart = multipart.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limits = &state.config.limits;
+
+    let mut csv = None;
+    let mut webhook_url = None;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") => {
+                if csv.is_some() {
+                    return Err(ApiError::BadRequest("more than one \"file\" part".into()));
+                }
+                csv = Some(read_capped(field, limits.max_upload_bytes).await?);
+            }
+            Some("webhookUrl") => {
+                let raw = read_capped(field, MAX_TEXT_PART)
+                    .await
+                    .map_err(|_| ApiError::BadRequest("webhookUrl is too long".into()))?;
+                let raw = String::from_utf8(raw)
+                    .map_err(|_| ApiError::BadRequest("webhookUrl is not UTF-8".into()))?;
+                if !raw.trim().is_empty() {
+                    webhook_url = Some(intake::parse_webhook_url(&raw, limits.max_url_length)?);
+                }
+            }
+            // Unknown parts (Postman adds some) are skipped, not fatal.
+            _ => {}
+        }
+    }
+    let csv = csv.ok_or_else(|| {
+        ApiError::BadRequest("no \"file\" part: send the CSV as multipart part \"file\"".into())
+    })?;
+    let csv_limits = CsvLimits {
+        max_rows: limits.max_rows,
+        max_urls_per_product: limits.max_urls_per_product,
+        max_url_len: limits.max_url_length,
+    };
+    let upload = Upload {
+        owner: owner.0,
+        idempotency_key,
+        csv,
+        webhook_url,
+    };
+    let request_id = intake::accept(&state.store, csv_limits, upload).await?;
+    state.wakeup.notify();
+    tracing::info!(%request_id, "upload accepted");
+    Ok(Json(UploadResponse { request_id }))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be printable ASCII".into()))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Reads one part, refusing it as soon as it passes `limit` bytes, so an oversized upload
+/// is never held in memory whole.
+async fn read_capped(mut field: Field<'_>, limit: usize) -> ApiResult<Vec<u8>> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit: Some(limit) });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The whole body passed its limit (the CSV's limit plus room for the envelope).
+        ApiError::PayloadTooLarge { limit: None }
+    } else {
+        ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    }
+}

@@ -1,0 +1,1273 @@
+//! Decode → JPEG re-encode, the CPU-bound heart of a job.
+//!
+//! This module is deliberately pure and synchronous: it takes the downloaded bytes and returns
+//! the JPEG, touching no I/O, clock or global state, so callers can run it on a blocking thread
+//! pool and test it without a runtime. Every error it returns is a property of the bytes
+//! themselves, so retrying the same bytes can never succeed; callers treat them all as permanent.
+//!
+//! Untrusted input drives everything here, so the order of operations is defensive: sniff the
+//! magic number, read only the header, refuse oversized images, and only then allocate and decode
+//! — all inside `catch_unwind`, so that a bug in a third-party decoder costs one image, not the
+//! worker.
+
+use std::io::Cursor;
+use std::panic::{self, UnwindSafe};
+
+use image::codecs::bmp::BmpDecoder;
+use image::codecs::gif::GifDecoder;
+use image::codecs::jpeg::JpegDecoder;
+use image::codecs::png::PngDecoder;
+use image::codecs::tiff::TiffDecoder;
+use image::codecs::webp::WebPDecoder;
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageResult, Limits};
+use jpeg_encoder::{ColorType as JpegColorType, Encoder, SamplingFactor};
+
+/// The input formats we accept, identified from the bytes alone.
+///
+/// Content-Type headers and URL extensions are routinely wrong (CDNs serve WebP as
+/// `image/jpeg`, error pages come back as `200 text/html`), so they are never consulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    Jpeg,
+    Png,
+    WebP,
+    Gif,
+    Bmp,
+    Tiff,
+}
+
+impl InputFormat {
+    /// Stable lower-case name, suitable for logs, metrics labels and stored job results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Jpeg => "jpeg",
+            InputFormat::Png => "png",
+            InputFormat::WebP => "webp",
+            InputFormat::Gif => "gif",
+            InputFormat::Bmp => "bmp",
+            InputFormat::Tiff => "tiff",
+        }
+    }
+}
+
+/// Knobs for one compression.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressOptions {
+    /// JPEG quality, 1-100. Values outside that range are clamped rather than rejected, because a
+    /// misconfigured quality is not the image's fault and must not fail every job.
+    pub quality: u8,
+    /// Largest `width * height` we are willing to decode. Decoded size, not file size, is what
+    /// costs memory: a 50 KB PNG can legitimately claim 100000x100000 pixels (a "decompression
+    /// bomb"), so this is checked from the header before any pixel buffer is allocated.
+    pub max_pixels: u64,
+}
+
+/// A successfully recompressed image.
+#[derive(Debug)]
+pub struct Compressed {
+    /// Baseline JPEG with no metadata segments (no EXIF, ICC, XMP): location data and camera
+    /// serials must not leak, and orientation has already been baked into the pixels.
+    pub jpeg: Vec<u8>,
+    /// Dimensions of `jpeg`, i.e. after EXIF orientation was applied.
+    pub width: u32,
+    pub height: u32,
+    pub input_format: InputFormat,
+}
+
+/// Why an image could not be compressed. All variants are permanent: they describe the bytes,
+/// and the same bytes will fail the same way on every attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    /// The body is not one of the supported image formats. The reason says what it looks like
+    /// instead (HTML error page, SVG, empty body...) because that is what a user needs to fix
+    /// their CSV.
+    #[error("not an image: {0}")]
+    NotAnImage(String),
+    /// Refused before decoding so that a decompression bomb costs nothing but a header parse.
+    #[error("image is {width}x{height} pixels, over the limit of {max} pixels")]
+    TooManyPixels { width: u32, height: u32, max: u64 },
+    /// The format was recognised but the data is truncated, corrupt, or uses a feature the
+    /// decoder does not support.
+    #[error("could not decode {format} image: {reason}")]
+    Decode {
+        format: &'static str,
+        reason: String,
+    },
+    /// The decoded image cannot be represented as a JPEG (e.g. a side longer than 65535).
+    #[error("could not encode JPEG: {0}")]
+    Encode(String),
+    /// A decoder or the encoder panicked. Surfaced as an error rather than propagated because
+    /// crafted input reaching a bug in a codec must not take down a worker thread.
+    #[error("decoder crashed: {0}")]
+    Panicked(String),
+}
+
+/// The largest width or height a JPEG frame header can express.
+const JPEG_MAX_DIMENSION: u32 = u16::MAX as u32;
+
+/// Widest decoded pixel `image` can hand us (RGBA, 32-bit float per channel). Used only to size
+/// the allocation backstop, which must never reject an image that passed the pixel check.
+const MAX_BYTES_PER_PIXEL: u64 = 16;
+
+/// Headroom on top of the pixel buffer for decoders' own scratch space (PNG chunk buffers, TIFF
+/// strips, a GIF frame smaller than its canvas...).
+const DECODER_SCRATCH_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How many leading bytes the "what does it look like" heuristics examine. Enough to get past a
+/// BOM, a doctype and a comment or two; small enough to be free.
+const SNIFF_WINDOW: usize = 1024;
+
+/// Identifies the image format from its magic number.
+///
+/// Only the signature is checked, not that the rest of the file is valid: a recognised format
+/// means "worth handing to that decoder", and the decoder reports corruption as
+/// [`CompressError::Decode`]. Everything else gets a best-effort description so that the user can
+/// tell an HTML error page or an SVG logo from a genuinely broken file.
+pub fn sniff(bytes: &[u8]) -> Result<InputFormat, CompressError> {
+    const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return Ok(InputFormat::Jpeg);
+    }
+    if bytes.starts_with(PNG_SIGNATURE) {
+        return Ok(InputFormat::Png);
+    }
+    if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        return Ok(InputFormat::Gif);
+    }
+    if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        return Ok(InputFormat::WebP);
+    }
+    // Classic TIFF (42) and BigTIFF (43), in both byte orders.
+    if bytes.starts_with(b"II*\0")
+        || bytes.starts_with(b"MM\0*")
+        || bytes.starts_with(b"II+\0")
+        || bytes.starts_with(b"MM\0+")
+    {
+        return Ok(InputFormat::Tiff);
+    }
+    if is_bmp(bytes) {
+        return Ok(InputFormat::Bmp);
+    }
+    Err(CompressError::NotAnImage(describe_non_image(bytes)))
+}
+
+/// "BM" alone is two printable ASCII letters that plenty of text starts with, so additionally
+/// require a known DIB header size where the BMP file header says it will be.
+fn is_bmp(bytes: &[u8]) -> bool {
+    if bytes.len() < 18 || !bytes.starts_with(b"BM") {
+        return false;
+    }
+    let dib_header_size = u32::from_le_bytes([bytes[14], bytes[15], bytes[16], bytes[17]]);
+    // BITMAPCOREHEADER, INFOHEADER, V2/V3 INFOHEADER, OS/2 v2 (16 and 64), V4, V5.
+    matches!(dib_header_size, 12 | 16 | 40 | 52 | 56 | 64 | 108 | 124)
+}
+
+/// A short human-readable guess at what a non-image body is. Purely diagnostic: it never changes
+/// the outcome, only the message, so heuristics are fine here.
+fn describe_non_image(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "empty body".to_owned();
+    }
+    let head = &bytes[..bytes.len().min(SNIFF_WINDOW)];
+
+    // Binary signatures of things people plausibly link to instead of a supported image.
+    if head.len() >= 12 && &head[4..8] == b"ftyp" {
+        let brand = &head[8..12];
+        if matches!(brand, b"avif" | b"avis") {
+            return "AVIF image, which is not a supported input format".to_owned();
+        }
+        if matches!(
+            brand,
+            b"heic" | b"heix" | b"hevc" | b"heim" | b"heis" | b"mif1" | b"msf1"
+        ) {
+            return "HEIF/HEIC image, which is not a supported input format".to_owned();
+        }
+        return "looks like an MP4/QuickTime video".to_owned();
+    }
+    if head.starts_with(b"%PDF-") {
+        return "looks like a PDF document".to_owned();
+    }
+    if head.starts_with(&[0x1F, 0x8B]) {
+        // Usually a server that gzips despite no Accept-Encoding, or a client that did not
+        // decode Content-Encoding: worth calling out explicitly.
+        return "looks like gzip-compressed data".to_owned();
+    }
+    if head.starts_with(b"PK\x03\x04") {
+        return "looks like a ZIP archive".to_owned();
+    }
+    if head.starts_with(&[0, 0, 1, 0]) || head.starts_with(&[0, 0, 2, 0]) {
+        return "looks like an ICO/CUR icon, which is not a supported input format".to_owned();
+    }
+    if head.starts_with(b"8BPS") {
+        return "looks like a Photoshop document".to_owned();
+    }
+    if head.starts_with(b"RIFF") {
+        return "RIFF container that is not WebP (audio or video?)".to_owned();
+    }
+
+    // Text-based formats: skip a UTF-8 BOM and leading whitespace, compare case-insensitively.
+    let text = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let text = trim_ascii_start(text);
+    if text.is_empty() {
+        return "blank body (only whitespace)".to_owned();
+    }
+    let lower = text.to_ascii_lowercase();
+    let contains = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
+    if lower.starts_with(b"<") {
+        if lower.starts_with(b"<svg") || contains(b"<svg") {
+            return "looks like SVG".to_owned();
+        }
+        if lower.starts_with(b"<!doctype html")
+            || contains(b"<html")
+            || contains(b"<head")
+            || contains(b"<body")
+        {
+            return "looks like HTML".to_owned();
+        }
+        if lower.starts_with(b"<?xml") {
+            return "looks like XML".to_owned();
+        }
+        return "looks like HTML or XML markup".to_owned();
+    }
+    if lower.starts_with(b"{") || lower.starts_with(b"[") {
+        return "looks like JSON".to_owned();
+    }
+    if std::str::from_utf8(head).is_ok() || is_mostly_text_cut_mid_char(head) {
+        return "looks like plain text".to_owned();
+    }
+    let preview: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!(
+        "unrecognised binary data (starts with {})",
+        preview.join(" ")
+    )
+}
+
+/// `from_utf8` fails when our window cuts a multi-byte character in half; accept that case.
+fn is_mostly_text_cut_mid_char(head: &[u8]) -> bool {
+    match std::str::from_utf8(head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none() && e.valid_up_to() + 4 > head.len(),
+    }
+}
+
+fn trim_ascii_start(mut bytes: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = bytes {
+        if first.is_ascii_whitespace() {
+            bytes = rest;
+        } else {
+            break;
+        }
+    }
+    bytes
+}
+
+/// Recompresses `bytes` (any supported format) into a metadata-free JPEG.
+///
+/// Never panics: a panic anywhere inside the codecs is caught and returned as
+/// [`CompressError::Panicked`]. (That requires the default `panic = "unwind"`; the panic hook
+/// still runs, so the panic message also reaches stderr/logs.)
+pub fn compress(bytes: &[u8], opts: &CompressOptions) -> Result<Compressed, CompressError> {
+    let opts = *opts;
+    guarded(move || compress_unguarded(bytes, &opts))
+}
+
+/// Runs `f`, turning a panic into [`CompressError::Panicked`].
+///
+/// Unwind safety holds because everything `f` mutates is created inside it and dropped on
+/// unwind; the inputs are shared references to plain data.
+fn guarded<T>(
+    f: impl FnOnce() -> Result<T, CompressError> + UnwindSafe,
+) -> Result<T, CompressError> {
+    panic::catch_unwind(f).unwrap_or_else(|payload| {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-string payload".to_owned()
+        };
+        Err(CompressError::Panicked(message))
+    })
+}
+
+fn compress_unguarded(bytes: &[u8], opts: &CompressOptions) -> Result<Compressed, CompressError> {
+    let format = sniff(bytes)?;
+    // Decoders are built directly (rather than through `ImageReader`) so that the format we
+    // sniffed is exactly the decoder that runs, and so we can inspect the header in between.
+    let reader = Cursor::new(bytes);
+    let ctx = Job {
+        bytes,
+        format,
+        opts,
+    };
+    match format {
+        InputFormat::Jpeg => ctx.run(JpegDecoder::new(reader)),
+        // PNG is the one decoder that takes its memory limit at construction time. Only the
+        // allocation cap goes in here: a dimension limit would make the constructor fail with a
+        // generic limit error before we could report the dimensions as `TooManyPixels`.
+        InputFormat::Png => ctx.run(PngDecoder::with_limits(reader, ctx.limits(false))),
+        InputFormat::WebP => ctx.run(WebPDecoder::new(reader)),
+        // `GifDecoder` as an `ImageDecoder` reads exactly one frame (the first) and stops, so an
+        // animation with thousands of frames costs the same as a still image. Never use
+        // `into_frames()` here.
+        InputFormat::Gif => ctx.run(GifDecoder::new(reader)),
+        InputFormat::Bmp => ctx.run(BmpDecoder::new(reader)),
+        InputFormat::Tiff => ctx.run(TiffDecoder::new(reader)),
+    }
+}
+
+/// Per-call context shared by the format-specific steps.
+struct Job<'a> {
+    bytes: &'a [u8],
+    format: InputFormat,
+    opts: &'a CompressOptions,
+}
+
+impl Job<'_> {
+    fn decode_error(&self, reason: impl Into<String>) -> CompressError {
+        CompressError::Decode {
+            format: self.format.as_str(),
+            reason: reason.into(),
+        }
+    }
+
+    fn image_error(&self, err: ImageError) -> CompressError {
+        match err {
+            ImageError::Limits(e) => self.decode_error(format!("exceeds decoding limits: {e}")),
+            ImageError::Unsupported(e) => self.decode_error(format!("unsupported: {e}")),
+            other => self.decode_error(other.to_string()),
+        }
+    }
+
+    /// Decoding limits derived from `max_pixels`: a second line of defence behind our own header
+    /// check, which also covers allocations the header does not predict (decoder scratch
+    /// buffers, a GIF frame larger than its canvas, TIFF strips).
+    fn limits(&self, with_dimensions: bool) -> Limits {
+        let mut limits = Limits::default();
+        limits.max_alloc = Some(
+            self.opts
+                .max_pixels
+                .saturating_mul(MAX_BYTES_PER_PIXEL)
+                .saturating_add(DECODER_SCRATCH_BYTES),
+        );
+        if with_dimensions {
+            // A side longer than max_pixels implies more than max_pixels pixels.
+            let max_side = u32::try_from(self.opts.max_pixels).unwrap_or(u32::MAX);
+            limits.max_image_width = Some(max_side);
+            limits.max_image_height = Some(max_side);
+        }
+        limits
+    }
+
+    fn run<D: ImageDecoder>(&self, decoder: ImageResult<D>) -> Result<Compressed, CompressError> {
+        let mut decoder = decoder.map_err(|e| self.image_error(e))?;
+
+        // 1. Header checks, before a single pixel buffer exists.
+        let (width, height) = decoder.dimensions();
+        if u64::from(width) * u64::from(height) > self.opts.max_pixels {
+            return Err(CompressError::TooManyPixels {
+                width,
+                height,
+                max: self.opts.max_pixels,
+            });
+        }
+        if width == 0 || height == 0 {
+            return Err(
+                self.decode_error(format!("header declares an empty {width}x{height} image"))
+            );
+        }
+        if width > JPEG_MAX_DIMENSION || height > JPEG_MAX_DIMENSION {
+            // Orientation may swap the sides, so both must fit regardless.
+            return Err(CompressError::Encode(format!(
+                "{width}x{height} exceeds JPEG's maximum of {JPEG_MAX_DIMENSION} pixels per side"
+            )));
+        }
+        if self.format == InputFormat::Jpeg {
+            check_jpeg_complete(self.bytes).map_err(|reason| self.decode_error(reason))?;
+        }
+
+        // A broken or unreadable EXIF block is metadata damage, not image damage: keep the
+        // pixels as stored rather than rejecting an otherwise good image.
+        let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+
+        // 2. Decode, with limits enforced inside the decoder too. The main buffer is reserved
+        //    against the allocation budget first, as `ImageReader::decode` does, so that what is
+        //    left over is what the decoder may use for scratch.
+        let mut limits = self.limits(true);
+        limits
+            .reserve(decoder.total_bytes())
+            .map_err(|e| self.image_error(e))?;
+        decoder
+            .set_limits(limits)
+            .map_err(|e| self.image_error(e))?;
+        let image = DynamicImage::from_decoder(decoder).map_err(|e| self.image_error(e))?;
+
+        // 3. To 8-bit gray or RGB, transparency flattened onto white, then oriented. Orientation
+        //    runs after flattening so that rotation moves 1 or 3 bytes per pixel, not 4 or 8.
+        let mut pixels = to_opaque_8bit(image);
+        pixels.apply_orientation(orientation);
+
+        // 4. Encode.
+        let jpeg = encode_jpeg(&pixels, self.opts.quality)?;
+        Ok(Compressed {
+            jpeg,
+            width: pixels.width,
+            height: pixels.height,
+            input_format: self.format,
+        })
+    }
+}
+
+/// Rejects a JPEG whose data stops before the end-of-image marker.
+///
+/// zune-jpeg (behind `image`) is lenient: when the entropy-coded data runs out it fills the rest
+/// of the picture with grey and reports success. For us that would silently publish a
+/// half-grey product photo, typically from a download that was cut short. So we walk the marker
+/// structure and require an EOI after the last scan.
+///
+/// Walking segments (instead of searching for `FF D9`) matters twice over: an EXIF thumbnail
+/// carries its own EOI inside APP1, which a naive search would accept for a truncated main
+/// image; and phones append data after the real EOI (Motion Photos, MPF), which an
+/// "ends with FF D9" check would wrongly reject.
+///
+/// The trade-off: the rare encoder that omits the final EOI from an otherwise complete file is
+/// rejected too. We accept that, because we cannot tell such a file from a truncated one.
+/// Anything structurally odd that is *not* truncation is left for the decoder to judge.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<(), &'static str> {
+    const TRUNCATED: &str = "data is truncated (no end-of-image marker)";
+    const SOS: u8 = 0xDA;
+    const EOI: u8 = 0xD9;
+
+    let len = bytes.len();
+    let mut i = 2; // past SOI, which `sniff` verified
+    loop {
+        // Find the next marker. Stray bytes between segments are tolerated (libjpeg skips them
+        // with a warning); any number of 0xFF fill bytes may precede the marker code.
+        match bytes[i.min(len)..].iter().position(|&b| b == 0xFF) {
+            Some(offset) => i += offset,
+            None => return Err(TRUNCATED),
+        }
+        while i < len && bytes[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else {
+            return Err(TRUNCATED);
+        };
+        i += 1;
+        match marker {
+            EOI => return Ok(()),
+            // Markers without a length field: TEM, RSTn, a repeated SOI, and 0x00 which only
+            // means "escaped FF" but may appear in garbage between segments.
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(length) = bytes.get(i..i + 2) else {
+            return Err(TRUNCATED);
+        };
+        let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+        if length < 2 {
+            return Ok(()); // corrupt, not truncated: let the decoder produce the real error
+        }
+        i += length;
+        if i > len {
+            return Err(TRUNCATED);
+        }
+        if marker == SOS {
+            i = skip_entropy_coded_data(bytes, i).ok_or(TRUNCATED)?;
+        }
+    }
+}
+
+/// Returns the offset of the marker that ends the scan starting at `i`, or `None` if the data
+/// ends first. Inside a scan `FF 00` is an escaped data byte and `FF D0`..`FF D7` are restart
+/// markers; any other `FF xx` ends the scan.
+fn skip_entropy_coded_data(bytes: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        i += bytes.get(i..)?.iter().position(|&b| b == 0xFF)?;
+        match *bytes.get(i + 1)? {
+            0x00 | 0xD0..=0xD7 => i += 2,
+            0xFF => i += 1, // fill byte; look at the next one
+            _ => return Some(i),
+        }
+    }
+}
+
+/// 8-bit pixels ready for the encoder. `Rgb` may carry a fourth, ignored byte per pixel: RGBA
+/// input is flattened in place and handed to the encoder as RGBA, which skips alpha, saving a
+/// full-size copy.
+struct Pixels {
+    data: Vec<u8>,
+    width: u32,
+    height: u32,
+    layout: Layout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Gray,
+    Rgb,
+    /// Alpha already flattened; the fourth byte is dead weight the encoder ignores.
+    RgbX,
+}
+
+impl Pixels {
+    fn apply_orientation(&mut self, orientation: Orientation) {
+        if orientation == Orientation::NoTransforms {
+            return;
+        }
+        let data = std::mem::take(&mut self.data);
+        let (w, h) = (self.width, self.height);
+        const BUF_OK: &str = "buffer length matches dimensions by construction";
+        let mut image = match self.layout {
+            Layout::Gray => {
+                DynamicImage::ImageLuma8(ImageBuffer::from_raw(w, h, data).expect(BUF_OK))
+            }
+            Layout::Rgb => {
+                DynamicImage::ImageRgb8(ImageBuffer::from_raw(w, h, data).expect(BUF_OK))
+            }
+            Layout::RgbX => {
+                DynamicImage::ImageRgba8(ImageBuffer::from_raw(w, h, data).expect(BUF_OK))
+            }
+        };
+        image.apply_orientation(orientation);
+        self.width = image.width();
+        self.height = image.height();
+        self.data = match image {
+            DynamicImage::ImageLuma8(b) => b.into_raw(),
+            DynamicImage::ImageRgb8(b) => b.into_raw(),
+            DynamicImage::ImageRgba8(b) => b.into_raw(),
+            _ => unreachable!("orientation preserves the pixel type"),
+        };
+    }
+}
+
+/// Reduces any decoded image to 8-bit gray or RGB on white, reusing the decoder's buffer
+/// whenever the output is no larger than the input.
+fn to_opaque_8bit(image: DynamicImage) -> Pixels {
+    let (width, height) = (image.width(), image.height());
+    let (data, layout) = match image {
+        // The common cases: the decoder's buffer goes to the encoder untouched.
+        DynamicImage::ImageRgb8(b) => (b.into_raw(), Layout::Rgb),
+        DynamicImage::ImageLuma8(b) => (b.into_raw(), Layout::Gray),
+        DynamicImage::ImageRgba8(b) => {
+            let mut data = b.into_raw();
+            flatten_rgba8_in_place(&mut data);
+            (data, Layout::RgbX)
+        }
+        DynamicImage::ImageLumaA8(b) => {
+            let mut data = b.into_raw();
+            flatten_luma_alpha8_in_place(&mut data);
+            (data, Layout::Gray)
+        }
+        // 16-bit: one pass from the u16 buffer into a fresh u8 one (a Vec<u16> allocation
+        // cannot be reused as a Vec<u8>).
+        DynamicImage::ImageLuma16(b) => (b.iter().map(|&v| u16_to_u8(v)).collect(), Layout::Gray),
+        DynamicImage::ImageRgb16(b) => (b.iter().map(|&v| u16_to_u8(v)).collect(), Layout::Rgb),
+        DynamicImage::ImageLumaA16(b) => (
+            b.chunks_exact(2).map(|p| blend16(p[0], p[1])).collect(),
+            Layout::Gray,
+        ),
+        DynamicImage::ImageRgba16(b) => {
+            let mut out = Vec::with_capacity(b.len() / 4 * 3);
+            for p in b.chunks_exact(4) {
+                out.extend_from_slice(&[
+                    blend16(p[0], p[3]),
+                    blend16(p[1], p[3]),
+                    blend16(p[2], p[3]),
+                ]);
+            }
+            (out, Layout::Rgb)
+        }
+        // Rare (float TIFF and future variants): let `image` do the conversion.
+        other if other.color().has_alpha() => {
+            let mut data = other.into_rgba8().into_raw();
+            flatten_rgba8_in_place(&mut data);
+            (data, Layout::RgbX)
+        }
+        other => (other.into_rgb8().into_raw(), Layout::Rgb),
+    };
+    Pixels {
+        data,
+        width,
+        height,
+        layout,
+    }
+}
+
+/// Composites RGBA onto opaque white, leaving the (now meaningless) alpha byte in place.
+fn flatten_rgba8_in_place(data: &mut [u8]) {
+    for p in data.chunks_exact_mut(4) {
+        let a = p[3];
+        if a != 255 {
+            p[0] = blend8(p[0], a);
+            p[1] = blend8(p[1], a);
+            p[2] = blend8(p[2], a);
+        }
+    }
+}
+
+/// Composites gray+alpha onto white and compacts to one byte per pixel within the same buffer.
+/// Writing index `i` never overtakes reading index `2i`, so this is safe in place.
+fn flatten_luma_alpha8_in_place(data: &mut Vec<u8>) {
+    let pixels = data.len() / 2;
+    for i in 0..pixels {
+        data[i] = blend8(data[2 * i], data[2 * i + 1]);
+    }
+    data.truncate(pixels);
+}
+
+/// `round((c * a + 255 * (255 - a)) / 255)`: source-over compositing onto white.
+#[inline]
+fn blend8(c: u8, a: u8) -> u8 {
+    let (c, a) = (u32::from(c), u32::from(a));
+    let t = c * a + 255 * (255 - a) + 128;
+    // Exact rounding division by 255 for t < 65536*255.
+    ((t + (t >> 8)) >> 8) as u8
+}
+
+/// 16-bit variant of [`blend8`], rounded once to 8 bits at the end.
+#[inline]
+fn blend16(c: u16, a: u16) -> u8 {
+    let (c, a) = (u64::from(c), u64::from(a));
+    let blended = (c * a + 65535 * (65535 - a) + 32767) / 65535;
+    u16_to_u8(blended as u16)
+}
+
+/// Rounds a 16-bit sample to 8 bits (`round(v * 255 / 65535)`), so 65535 stays 255.
+#[inline]
+fn u16_to_u8(v: u16) -> u8 {
+    ((u32::from(v) * 255 + 32767) / 65535) as u8
+}
+
+fn encode_jpeg(pixels: &Pixels, quality: u8) -> Result<Vec<u8>, CompressError> {
+    let too_big = || {
+        CompressError::Encode(format!(
+            "{}x{} exceeds JPEG's maximum of {JPEG_MAX_DIMENSION} pixels per side",
+            pixels.width, pixels.height
+        ))
+    };
+    let width = u16::try_from(pixels.width).map_err(|_| too_big())?;
+    let height = u16::try_from(pixels.height).map_err(|_| too_big())?;
+    let color_type = match pixels.layout {
+        Layout::Gray => JpegColorType::Luma,
+        Layout::Rgb => JpegColorType::Rgb,
+        Layout::RgbX => JpegColorType::Rgba,
+    };
+
+    // Output is typically a small fraction of the raw pixels; a rough first guess saves a few
+    // reallocations on large images without over-reserving on small ones.
+    let mut jpeg = Vec::with_capacity(pixels.data.len() / 8);
+    let mut encoder = Encoder::new(&mut jpeg, quality.clamp(1, 100));
+    // 4:2:0 regardless of quality (jpeg-encoder's default switches to 4:4:4 at q >= 90):
+    // halving chroma resolution is invisible in photos and saves a lot of bytes.
+    encoder.set_sampling_factor(SamplingFactor::R_4_2_0);
+    encoder.set_optimized_huffman_tables(true);
+    encoder
+        .encode(&pixels.data, width, height, color_type)
+        .map_err(|e| CompressError::Encode(e.to_string()))?;
+    Ok(jpeg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::codecs::gif::GifEncoder;
+    use image::{
+        Frame, GenericImageView, GrayImage, ImageFormat, Luma, Rgb, RgbImage, Rgba, RgbaImage,
+    };
+
+    const OPTS: CompressOptions = CompressOptions {
+        quality: 80,
+        max_pixels: 50_000_000,
+    };
+
+    /// Deterministic xorshift, so fixtures are identical on every run.
+    struct Rng(u32);
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 17;
+            self.0 ^= self.0 << 5;
+            self.0
+        }
+    }
+
+    /// Gradient plus noise: compresses like a photo, unlike flat synthetic colour.
+    fn photo_like(width: u32, height: u32) -> RgbImage {
+        let mut rng = Rng(0x9E37_79B9);
+        RgbImage::from_fn(width, height, |x, y| {
+            let mut noise = || (rng.next() % 41) as i32 - 20;
+            let r = (x * 255 / width) as i32 + noise();
+            let g = (y * 255 / height) as i32 + noise();
+            let b = ((x + y) * 255 / (width + height)) as i32 + noise();
+            Rgb([r, g, b].map(|v| v.clamp(0, 255) as u8))
+        })
+    }
+
+    fn jpeg_fixture(image: &RgbImage, quality: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        Encoder::new(&mut out, quality)
+            .encode(
+                image.as_raw(),
+                image.width() as u16,
+                image.height() as u16,
+                JpegColorType::Rgb,
+            )
+            .unwrap();
+        out
+    }
+
+    fn encode_as(image: impl Into<DynamicImage>, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.into().write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    fn decode_jpeg(bytes: &[u8]) -> DynamicImage {
+        image::load_from_memory_with_format(bytes, ImageFormat::Jpeg).expect("output is a JPEG")
+    }
+
+    /// Compresses and checks the invariants every successful result must satisfy.
+    fn compress_ok(bytes: &[u8], expected: InputFormat, width: u32, height: u32) -> DynamicImage {
+        let out = compress(bytes, &OPTS).expect("compresses");
+        assert_eq!(out.input_format, expected);
+        assert_eq!((out.width, out.height), (width, height));
+        let decoded = decode_jpeg(&out.jpeg);
+        assert_eq!(decoded.dimensions(), (width, height));
+        decoded
+    }
+
+    fn assert_near(actual: &[u8], expected: &[u8], tolerance: u8) {
+        let close = actual
+            .iter()
+            .zip(expected)
+            .all(|(a, e)| a.abs_diff(*e) <= tolerance);
+        assert!(
+            close,
+            "pixel {actual:?} not within {tolerance} of {expected:?}"
+        );
+    }
+
+    fn center_rgb(image: &DynamicImage) -> [u8; 3] {
+        let (w, h) = image.dimensions();
+        image.to_rgb8().get_pixel(w / 2, h / 2).0
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in data {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> usize {
+        haystack
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("marker present")
+    }
+
+    // --- Every supported format round-trips ------------------------------------------------
+
+    #[test]
+    fn jpeg_input() {
+        let bytes = jpeg_fixture(&photo_like(64, 48), 90);
+        compress_ok(&bytes, InputFormat::Jpeg, 64, 48);
+    }
+
+    #[test]
+    fn png_rgb_input() {
+        let bytes = encode_as(photo_like(33, 17), ImageFormat::Png);
+        compress_ok(&bytes, InputFormat::Png, 33, 17);
+    }
+
+    #[test]
+    fn png_rgba_transparent_pixels_become_white() {
+        // Left half: opaque blue. Right half: fully transparent *red*, which must not show.
+        let image = RgbaImage::from_fn(32, 16, |x, _| {
+            if x < 16 {
+                Rgba([0, 0, 255, 255])
+            } else {
+                Rgba([255, 0, 0, 0])
+            }
+        });
+        let out = compress_ok(
+            &encode_as(image, ImageFormat::Png),
+            InputFormat::Png,
+            32,
+            16,
+        );
+        let out = out.to_rgb8();
+        assert_near(&out.get_pixel(4, 8).0, &[0, 0, 255], 12);
+        assert_near(&out.get_pixel(28, 8).0, &[255, 255, 255], 6);
+    }
+
+    #[test]
+    fn fully_transparent_red_pixel_is_near_white() {
+        let image = RgbaImage::from_pixel(1, 1, Rgba([255, 0, 0, 0]));
+        let out = compress_ok(&encode_as(image, ImageFormat::Png), InputFormat::Png, 1, 1);
+        assert_near(&center_rgb(&out), &[255, 255, 255], 6);
+    }
+
+    #[test]
+    fn png_16bit_input() {
+        let image = ImageBuffer::from_fn(20, 10, |x, y| {
+            Rgb([(x * 3000) as u16, (y * 6000) as u16, 40000u16])
+        });
+        let bytes = encode_as(DynamicImage::ImageRgb16(image), ImageFormat::Png);
+        compress_ok(&bytes, InputFormat::Png, 20, 10);
+    }
+
+    #[test]
+    fn png_16bit_rgba_is_flattened_and_reduced() {
+        let image = ImageBuffer::from_pixel(8, 8, Rgba([0u16, 65535, 0, 0]));
+        let bytes = encode_as(DynamicImage::ImageRgba16(image), ImageFormat::Png);
+        let out = compress_ok(&bytes, InputFormat::Png, 8, 8);
+        assert_near(&center_rgb(&out), &[255, 255, 255], 6);
+    }
+
+    #[test]
+    fn png_grayscale_input_becomes_single_channel_jpeg() {
+        let image = GrayImage::from_fn(24, 12, |x, _| Luma([(x * 10) as u8]));
+        let out = compress_ok(
+            &encode_as(image, ImageFormat::Png),
+            InputFormat::Png,
+            24,
+            12,
+        );
+        assert_eq!(out.color(), image::ColorType::L8);
+    }
+
+    #[test]
+    fn png_gray_alpha_input_stays_gray_and_flattens() {
+        let image = ImageBuffer::from_pixel(6, 6, image::LumaA([0u8, 0]));
+        let bytes = encode_as(DynamicImage::ImageLumaA8(image), ImageFormat::Png);
+        let out = compress_ok(&bytes, InputFormat::Png, 6, 6);
+        assert_eq!(out.color(), image::ColorType::L8);
+        assert!(out.to_luma8().pixels().all(|p| p.0[0] >= 250));
+    }
+
+    #[test]
+    fn webp_input() {
+        let image = RgbaImage::from_fn(30, 20, |x, y| Rgba([x as u8 * 8, y as u8 * 12, 90, 255]));
+        let bytes = encode_as(image, ImageFormat::WebP);
+        compress_ok(&bytes, InputFormat::WebP, 30, 20);
+    }
+
+    #[test]
+    fn bmp_input() {
+        let bytes = encode_as(photo_like(17, 9), ImageFormat::Bmp);
+        compress_ok(&bytes, InputFormat::Bmp, 17, 9);
+    }
+
+    #[test]
+    fn tiff_input() {
+        let bytes = encode_as(photo_like(21, 13), ImageFormat::Tiff);
+        compress_ok(&bytes, InputFormat::Tiff, 21, 13);
+    }
+
+    fn two_frame_gif() -> Vec<u8> {
+        let red = RgbaImage::from_pixel(16, 16, Rgba([255, 0, 0, 255]));
+        let blue = RgbaImage::from_pixel(16, 16, Rgba([0, 0, 255, 255]));
+        let mut out = Vec::new();
+        GifEncoder::new(&mut out)
+            .encode_frames([Frame::new(red), Frame::new(blue)])
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn gif_uses_first_frame() {
+        let out = compress_ok(&two_frame_gif(), InputFormat::Gif, 16, 16);
+        assert_near(&center_rgb(&out), &[255, 0, 0], 16);
+    }
+
+    #[test]
+    fn gif_frames_after_the_first_are_never_read() {
+        // Replace the trailer with the start of a frame whose data is garbage. Decoding it
+        // would fail, so success proves we stopped after frame one — which is also why a GIF
+        // with thousands of frames costs no more than a still image.
+        let mut bytes = two_frame_gif();
+        assert_eq!(bytes.pop(), Some(0x3B), "GIF ends with its trailer");
+        bytes.extend_from_slice(&[0x2C, 0, 0, 0, 0, 0x10, 0, 0x10, 0, 0, 0x08]);
+        bytes.extend(std::iter::repeat_n(0xFFu8, 4096));
+        let out = compress_ok(&bytes, InputFormat::Gif, 16, 16);
+        assert_near(&center_rgb(&out), &[255, 0, 0], 16);
+    }
+
+    #[test]
+    fn recompressing_a_high_quality_photo_shrinks_it() {
+        let input = jpeg_fixture(&photo_like(512, 384), 95);
+        let out = compress(
+            &input,
+            &CompressOptions {
+                quality: 50,
+                ..OPTS
+            },
+        )
+        .unwrap();
+        assert!(
+            out.jpeg.len() < input.len(),
+            "{} bytes out, {} in",
+            out.jpeg.len(),
+            input.len()
+        );
+        assert_eq!((out.width, out.height), (512, 384));
+    }
+
+    #[test]
+    fn output_carries_no_metadata() {
+        let input = with_exif_orientation(jpeg_fixture(&photo_like(40, 20), 90), 1);
+        let out = compress(&input, &OPTS).unwrap();
+        assert!(!out.jpeg.windows(6).any(|w| w == b"Exif\0\0"));
+        assert!(
+            !out.jpeg.windows(2).any(|w| w == [0xFF, 0xE2]),
+            "no ICC (APP2)"
+        );
+    }
+
+    #[test]
+    fn out_of_range_quality_is_clamped() {
+        let input = jpeg_fixture(&photo_like(16, 16), 90);
+        for quality in [0, 101, 255] {
+            let out = compress(&input, &CompressOptions { quality, ..OPTS }).unwrap();
+            decode_jpeg(&out.jpeg);
+        }
+    }
+
+    // --- EXIF orientation --------------------------------------------------------------------
+
+    /// Inserts a hand-written APP1 Exif segment (big-endian TIFF, one IFD entry: Orientation)
+    /// right after SOI.
+    fn with_exif_orientation(jpeg: Vec<u8>, orientation: u16) -> Vec<u8> {
+        let mut exif = b"Exif\0\0".to_vec();
+        exif.extend_from_slice(b"MM\0\x2A"); // TIFF header, big-endian
+        exif.extend_from_slice(&8u32.to_be_bytes()); // offset of IFD0
+        exif.extend_from_slice(&1u16.to_be_bytes()); // one entry
+        exif.extend_from_slice(&0x0112u16.to_be_bytes()); // tag: Orientation
+        exif.extend_from_slice(&3u16.to_be_bytes()); // type: SHORT
+        exif.extend_from_slice(&1u32.to_be_bytes()); // count
+        exif.extend_from_slice(&orientation.to_be_bytes());
+        exif.extend_from_slice(&[0, 0]); // value padding
+        exif.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&(exif.len() as u16 + 2).to_be_bytes());
+        out.extend_from_slice(&exif);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_6_rotates_clockwise() {
+        // Left half red, right half blue; rotating 90° clockwise puts red on top.
+        let image = RgbImage::from_fn(40, 20, |x, _| {
+            if x < 20 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
+        });
+        let input = with_exif_orientation(jpeg_fixture(&image, 95), 6);
+        let out = compress_ok(&input, InputFormat::Jpeg, 20, 40).to_rgb8();
+        assert_near(&out.get_pixel(10, 5).0, &[255, 0, 0], 40);
+        assert_near(&out.get_pixel(10, 35).0, &[0, 0, 255], 40);
+    }
+
+    // --- Sniffing ----------------------------------------------------------------------------
+
+    fn not_an_image_reason(bytes: &[u8]) -> String {
+        match sniff(bytes) {
+            Err(CompressError::NotAnImage(reason)) => reason,
+            other => panic!("expected NotAnImage, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sniff_detects_each_supported_format() {
+        let rgb = photo_like(8, 8);
+        let cases = [
+            (jpeg_fixture(&rgb, 80), InputFormat::Jpeg),
+            (encode_as(rgb.clone(), ImageFormat::Png), InputFormat::Png),
+            (
+                encode_as(
+                    DynamicImage::ImageRgb8(rgb.clone()).into_rgba8(),
+                    ImageFormat::WebP,
+                ),
+                InputFormat::WebP,
+            ),
+            (two_frame_gif(), InputFormat::Gif),
+            (encode_as(rgb.clone(), ImageFormat::Bmp), InputFormat::Bmp),
+            (encode_as(rgb, ImageFormat::Tiff), InputFormat::Tiff),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(sniff(&bytes).unwrap(), expected);
+        }
+        assert_eq!(sniff(b"II*\0\x08\0\0\0").unwrap(), InputFormat::Tiff);
+        assert_eq!(sniff(b"MM\0*\0\0\0\x08").unwrap(), InputFormat::Tiff);
+    }
+
+    #[test]
+    fn sniff_rejects_html() {
+        let html = b"\xEF\xBB\xBF\n  <!DOCTYPE html><html><head><title>404</title></head></html>";
+        assert_eq!(not_an_image_reason(html), "looks like HTML");
+        assert_eq!(
+            not_an_image_reason(b"<HTML><BODY>Moved</BODY></HTML>"),
+            "looks like HTML"
+        );
+    }
+
+    #[test]
+    fn sniff_rejects_svg() {
+        let svg = br#"<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>"#;
+        assert_eq!(not_an_image_reason(svg), "looks like SVG");
+        assert_eq!(
+            not_an_image_reason(b"<svg viewBox='0 0 1 1'></svg>"),
+            "looks like SVG"
+        );
+    }
+
+    #[test]
+    fn sniff_rejects_empty_and_blank() {
+        assert_eq!(not_an_image_reason(b""), "empty body");
+        assert!(not_an_image_reason(b" \r\n\t").contains("blank"));
+    }
+
+    #[test]
+    fn sniff_rejects_random_bytes() {
+        let mut rng = Rng(12345);
+        let mut bytes: Vec<u8> = (0..256).map(|_| rng.next() as u8).collect();
+        bytes[0] = 0x07; // make sure the random prefix is not accidentally a signature
+        assert!(not_an_image_reason(&bytes).starts_with("unrecognised binary data"));
+    }
+
+    #[test]
+    fn sniff_describes_other_common_bodies() {
+        assert_eq!(
+            not_an_image_reason(b"{\"error\":\"nope\"}"),
+            "looks like JSON"
+        );
+        assert_eq!(
+            not_an_image_reason(b"Access denied"),
+            "looks like plain text"
+        );
+        assert!(not_an_image_reason(b"\x1f\x8b\x08\0\0\0\0\0").contains("gzip"));
+        assert!(not_an_image_reason(b"\0\0\0\x1cftypavif\0\0\0\0").contains("AVIF"));
+        assert!(not_an_image_reason(b"%PDF-1.7\n").contains("PDF"));
+        // "BM" followed by text is not a bitmap.
+        assert_eq!(
+            not_an_image_reason(b"BMW parts catalogue, page 1"),
+            "looks like plain text"
+        );
+    }
+
+    #[test]
+    fn zero_bytes_is_not_an_image() {
+        match compress(&[], &OPTS) {
+            Err(CompressError::NotAnImage(reason)) => assert_eq!(reason, "empty body"),
+            other => panic!("expected NotAnImage, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn html_body_is_not_an_image() {
+        let err = compress(b"<!doctype html><p>Not found</p>", &OPTS).unwrap_err();
+        assert_eq!(err.to_string(), "not an image: looks like HTML");
+    }
+
+    // --- Decompression bombs -----------------------------------------------------------------
+
+    fn assert_too_many_pixels(bytes: &[u8], width: u32, height: u32) {
+        let started = std::time::Instant::now();
+        match compress(bytes, &OPTS) {
+            Err(CompressError::TooManyPixels {
+                width: w,
+                height: h,
+                max,
+            }) => {
+                assert_eq!((w, h, max), (width, height, OPTS.max_pixels));
+            }
+            other => panic!("expected TooManyPixels, got {other:?}"),
+        }
+        // Decoding (or even zeroing) gigabytes would take far longer than this.
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn png_claiming_huge_dimensions_is_refused_before_decoding() {
+        let mut png = encode_as(photo_like(4, 4), ImageFormat::Png);
+        // Signature (8) + IHDR length (4) + "IHDR" (4), then width and height; CRC covers
+        // the chunk type and data (17 bytes) and follows them.
+        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        assert_too_many_pixels(&png, 100_000, 100_000);
+    }
+
+    #[test]
+    fn jpeg_claiming_huge_dimensions_is_refused_before_decoding() {
+        let mut jpeg = jpeg_fixture(&photo_like(8, 8), 80);
+        // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+        let sof = find(&jpeg, &[0xFF, 0xC0]);
+        jpeg[sof + 5..sof + 7].copy_from_slice(&60_000u16.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&60_000u16.to_be_bytes());
+        assert_too_many_pixels(&jpeg, 60_000, 60_000);
+    }
+
+    #[test]
+    fn pixel_limit_is_inclusive() {
+        let bytes = jpeg_fixture(&photo_like(10, 10), 80);
+        let at_limit = CompressOptions {
+            quality: 80,
+            max_pixels: 100,
+        };
+        assert!(compress(&bytes, &at_limit).is_ok());
+        let below = CompressOptions {
+            quality: 80,
+            max_pixels: 99,
+        };
+        assert!(matches!(
+            compress(&bytes, &below),
+            Err(CompressError::TooManyPixels { .. })
+        ));
+    }
+
+    // --- Damaged input -----------------------------------------------------------------------
+
+    fn assert_decode_error(bytes: &[u8], format: &str) {
+        match compress(bytes, &OPTS) {
+            Err(CompressError::Decode { format: f, .. }) => assert_eq!(f, format),
+            other => panic!("expected Decode error for {format}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_jpeg_is_a_decode_error() {
+        let jpeg = jpeg_fixture(&photo_like(64, 64), 90);
+        assert_decode_error(&jpeg[..jpeg.len() / 2], "jpeg");
+        assert_decode_error(&jpeg[..jpeg.len() - 2], "jpeg"); // only EOI missing
+        assert_decode_error(&jpeg[..40], "jpeg"); // inside the headers
+    }
+
+    #[test]
+    fn truncated_jpeg_with_complete_exif_thumbnail_is_still_an_error() {
+        // The thumbnail's EOI sits inside APP1; only a segment-aware walk skips it.
+        let thumbnail = jpeg_fixture(&photo_like(8, 8), 50);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&thumbnail);
+        let main = jpeg_fixture(&photo_like(64, 64), 90);
+        let mut jpeg = main[..2].to_vec();
+        jpeg.extend_from_slice(&[0xFF, 0xE1]);
+        jpeg.extend_from_slice(&(app1.len() as u16 + 2).to_be_bytes());
+        jpeg.extend_from_slice(&app1);
+        jpeg.extend_from_slice(&main[2..]);
+
+        assert!(compress(&jpeg, &OPTS).is_ok());
+        assert_decode_error(&jpeg[..jpeg.len() - 200], "jpeg");
+    }
+
+    #[test]
+    fn data_after_jpeg_eoi_is_ignored() {
+        // Phones append Motion Photo videos and MPF images after the main EOI.
+        let mut jpeg = jpeg_fixture(&photo_like(32, 32), 90);
+        jpeg.extend_from_slice(b"\0\0\0\x18ftypmp42 trailing video data");
+        compress_ok(&jpeg, InputFormat::Jpeg, 32, 32);
+    }
+
+    #[test]
+    fn truncated_png_is_a_decode_error() {
+        let png = encode_as(photo_like(64, 64), ImageFormat::Png);
+        assert_decode_error(&png[..png.len() / 2], "png");
+        assert_decode_error(&png[..20], "png");
+    }
+
+    #[test]
+    fn corrupt_data_after_valid_signature_is_a_decode_error() {
+        let mut rng = Rng(777);
+        let garbage: Vec<u8> = (0..2048).map(|_| rng.next() as u8).collect();
+        for (signature, format) in [
+            (&b"\x89PNG\r\n\x1a\n"[..], "png"),
+            (b"GIF89a", "gif"),
+            (b"RIFF\0\x10\0\0WEBP", "webp"),
+            (b"II*\0", "tiff"),
+            (b"\xFF\xD8\xFF", "jpeg"),
+        ] {
+            let mut bytes = signature.to_vec();
+            bytes.extend_from_slice(&garbage);
+            assert_decode_error(&bytes, format);
+        }
+    }
+
+    #[test]
+    fn decoder_panic_becomes_an_error() {
+        let result: Result<(), _> = guarded(|| panic!("decoder bug {}", 42));
+        match result {
+            Err(CompressError::Panicked(message)) => assert_eq!(message, "decoder bug 42"),
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+    }
+
+    // --- Arithmetic --------------------------------------------------------------------------
+
+    #[test]
+    fn blend8_matches_exact_rounding_for_every_input() {
+        for c in 0..=255u8 {
+            for a in 0..=255u8 {
+                let exact = (f64::from(c) * f64::from(a) + 255.0 * (255.0 - f64::from(a))) / 255.0;
+                assert_eq!(blend8(c, a), exact.round() as u8, "c={c} a={a}");
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_conversions_hit_the_endpoints() {
+        assert_eq!(u16_to_u8(0), 0);
+        assert_eq!(u16_to_u8(65535), 255);
+        assert_eq!(u16_to_u8(32896), 128);
+        assert_eq!(blend16(0, 0), 255);
+        assert_eq!(blend16(0, 65535), 0);
+        assert_eq!(blend16(65535, 65535), 255);
+    }
+
+    /// Times the whole pipeline on a real 12-megapixel photo. Run with
+    /// `cargo test --release compress::tests::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark; needs /work/shared/bench-images and a release build"]
+    fn bench_4000x3000_jpeg() {
+        let path = "/work/shared/bench-images/x2_mosaic_flowers_4000x3000_q90.jpg";
+        let input = std::fs::read(path).expect("bench image present");
+        let opts = CompressOptions {
+            quality: 80,
+            max_pixels: 50_000_000,
+        };
+        compress(&input, &opts).unwrap(); // warm-up
+        let runs = 5;
+        let mut times = Vec::new();
+        let mut out_len = 0;
+        for _ in 0..runs {
+            let started = std::time::Instant::now();
+            out_len = compress(&input, &opts).unwrap().jpeg.len();
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "4000x3000: median {:.1} ms, min {:.1} ms over {runs} runs; {} -> {} bytes",
+            times[runs / 2],
+            times[0],
+            input.len(),
+            out_len
+        );
+    }
+}

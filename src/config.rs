@@ -1,0 +1,243 @@
+//! Every setting, as a flag and an environment variable (names from SPEC.md section 1).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgbatch",
+    version,
+    about = "CSV of product images in, compressed JPEGs out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings for `serve`, also accepted when no subcommand is given.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and the workers (the default).
+    Serve(Box<Config>),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite:` or `postgres:` URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/imgbatch.db"
+    )]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+
+    /// Listen address; the first log line names the bound address.
+    #[arg(long, env = "IMGBATCH_BIND", default_value = "127.0.0.1:3000")]
+    pub bind: SocketAddr,
+
+    /// Base of the output image URLs (default: http:// + the bound address).
+    #[arg(long, env = "IMGBATCH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// A folder, or s3://bucket/prefix.
+    #[arg(long, env = "IMGBATCH_STORAGE", default_value = "data/images")]
+    pub storage: String,
+
+    /// JPEG quality of the outputs (1-100).
+    #[arg(long, env = "IMGBATCH_QUALITY", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: u8,
+
+    /// Webhook for uploads that name none.
+    #[arg(long, env = "IMGBATCH_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// `whsec_…` signing secret (generated once and kept in the database when unset).
+    #[arg(long, env = "IMGBATCH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Delays between webhook delivery attempts, comma-separated.
+    #[arg(long, env = "IMGBATCH_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h",
+          value_parser = parse_schedule)]
+    pub webhook_retry_schedule: Schedule,
+
+    /// Let image and webhook URLs reach loopback and private addresses (development and tests).
+    #[arg(long, env = "IMGBATCH_ALLOW_PRIVATE_NETWORKS", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_private_networks: bool,
+
+    /// Comma-separated bearer tokens; when set, every /api call needs one.
+    #[arg(
+        long,
+        env = "IMGBATCH_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Log format: human-readable text or one JSON object a line.
+    #[arg(long, env = "IMGBATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub limits: Limits,
+
+    #[command(flatten)]
+    pub workers: WorkerSettings,
+}
+
+/// Bounds on what one client can make the service do.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Largest accepted upload body, in bytes (checked while streaming).
+    #[arg(long, env = "IMGBATCH_MAX_UPLOAD_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+    /// Most products (rows) in one CSV.
+    #[arg(long, env = "IMGBATCH_MAX_ROWS", default_value_t = 50_000)]
+    pub max_rows: usize,
+    /// Most image URLs in one row.
+    #[arg(long, env = "IMGBATCH_MAX_URLS_PER_PRODUCT", default_value_t = 50)]
+    pub max_urls_per_product: usize,
+    /// Longest accepted URL, in bytes.
+    #[arg(long, env = "IMGBATCH_MAX_URL_LENGTH", default_value_t = 2048)]
+    pub max_url_length: usize,
+    /// Largest image download, in bytes.
+    #[arg(long, env = "IMGBATCH_MAX_IMAGE_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub max_image_bytes: u64,
+    /// Most pixels in one image (width x height), checked before decoding.
+    #[arg(long, env = "IMGBATCH_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+    /// Time allowed to connect to an image origin.
+    #[arg(long, env = "IMGBATCH_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time allowed for one whole image download.
+    #[arg(long, env = "IMGBATCH_DOWNLOAD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub download_timeout: Duration,
+    /// Most redirects followed for one image (each hop is checked again).
+    #[arg(long, env = "IMGBATCH_MAX_REDIRECTS", default_value_t = 5)]
+    pub max_redirects: usize,
+}
+
+/// How the background workers run.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerSettings {
+    /// Image jobs in flight in this process (downloads overlap); 0 serves the API only.
+    #[arg(long, env = "IMGBATCH_WORKERS", default_value_t = 8)]
+    pub workers: usize,
+    /// Images decoded and encoded at once (default: the number of cores).
+    #[arg(long, env = "IMGBATCH_CPU_WORKERS")]
+    pub cpu_workers: Option<usize>,
+    /// Attempts per image before a transient failure becomes final.
+    #[arg(long, env = "IMGBATCH_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// First retry delay of an image; doubled each attempt, with jitter.
+    #[arg(long, env = "IMGBATCH_RETRY_BASE", default_value = "2s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// How long a claimed job is leased; renewed while it runs.
+    #[arg(long, env = "IMGBATCH_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Fallback poll interval when no wake-up arrives.
+    #[arg(long, env = "IMGBATCH_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// How long a graceful shutdown waits for in-flight jobs before releasing them.
+    #[arg(long, env = "IMGBATCH_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl WorkerSettings {
+    pub fn cpu_workers(&self) -> usize {
+        self.cpu_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
+}
+
+impl Config {
+    /// Defaults for everything, as if no flag or variable were given; tests start from here.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["imgbatch"]).serve
+    }
+
+    /// Where local outputs live, when storage is a folder.
+    pub fn storage_dir(&self) -> Option<PathBuf> {
+        (!self.storage.starts_with("s3://")).then(|| PathBuf::from(&self.storage))
+    }
+}
+
+/// Delays between webhook attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule(pub Vec<Duration>);
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+pub fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    let delays = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(parse_duration)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Schedule(delays))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::defaults();
+        assert_eq!(c.db.database_url, "sqlite://data/imgbatch.db");
+        assert_eq!(c.bind.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.storage, "data/images");
+        assert_eq!(c.quality, 50);
+        assert!(!c.allow_private_networks);
+        assert!(c.api_keys.is_empty());
+        assert_eq!(c.webhook_retry_schedule.0.len(), 7);
+        assert_eq!(c.webhook_retry_schedule.0[1], Duration::from_secs(300));
+    }
+
+    #[test]
+    fn schedule_accepts_milliseconds() {
+        let s = parse_schedule("200ms, 1s").unwrap();
+        assert_eq!(
+            s.0,
+            vec![Duration::from_millis(200), Duration::from_secs(1)]
+        );
+        assert!(parse_schedule("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn flags_parse_after_a_subcommand_and_without_one() {
+        let cli = Cli::parse_from(["imgbatch", "--quality", "70", "--allow-private-networks"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.quality, 70);
+        assert!(cli.serve.allow_private_networks);
+        let cli = Cli::parse_from(["imgbatch", "serve", "--bind", "127.0.0.1:0"]);
+        match cli.command {
+            Some(Command::Serve(c)) => assert_eq!(c.bind.port(), 0),
+            other => panic!("expected serve, got {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["imgbatch", "--quality", "0"]).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! Domain newtypes: values that have been validated once, at the edge, so the rest of the code
+//! never re-checks or confuses them with other strings.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The ID a client receives for one upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub Uuid);
+
+impl RequestId {
+    pub fn new() -> Self {
+        // v7: time-ordered, so new rows land at the end of the primary-key index.
+        Self(Uuid::now_v7())
+    }
+
+    /// Parses a client-supplied ID; anything malformed is simply "not found" to the caller.
+    pub fn parse(s: &str) -> Option<Self> {
+        Uuid::parse_str(s).ok().map(Self)
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A product's serial number from the CSV: a positive integer, unique within one upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SerialNumber(pub i64);
+
+impl fmt::Display for SerialNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A product name: trimmed, never blank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProductName(pub String);
+
+impl fmt::Display for ProductName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An absolute http or https URL of an input image, within the configured length limit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ImageUrl(pub String);
+
+impl ImageUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Lifecycle of a request, a product and an image. Images use only `Pending`, `Processing`,
+/// `Completed` and `Failed`; products and requests roll up to the other two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Processing,
+    Completed,
+    CompletedWithErrors,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Processing => "processing",
+            Status::Completed => "completed",
+            Status::CompletedWithErrors => "completed_with_errors",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "processing" => Status::Processing,
+            "completed" => Status::Completed,
+            "completed_with_errors" => Status::CompletedWithErrors,
+            "failed" => Status::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::CompletedWithErrors | Status::Failed
+        )
+    }
+
+    /// The status of a group (product or request) from the counts of its images.
+    pub fn roll_up(total: i64, completed: i64, failed: i64, started: bool) -> Self {
+        if total > 0 && completed + failed >= total {
+            if failed == 0 {
+                Status::Completed
+            } else if completed == 0 {
+                Status::Failed
+            } else {
+                Status::CompletedWithErrors
+            }
+        } else if started || completed + failed > 0 {
+            Status::Processing
+        } else {
+            Status::Pending
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,210 @@
+//! Downloading one input image: streamed with a byte cap, bounded in time, redirects followed by
+//! hand so that every hop is checked again, and failures sorted into permanent and transient.
+
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_LENGTH, LOCATION};
+use reqwest::redirect::Policy;
+use reqwest::StatusCode;
+
+use crate::config::Config;
+use crate::net::{self, NotPublic};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// Trying again will not help (404, too large, refused address, …).
+    #[error("{0}")]
+    Permanent(String),
+    /// May work later (timeout, connection reset, 5xx, 408, 429).
+    #[error("{0}")]
+    Transient(String),
+}
+
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    max_bytes: u64,
+    max_redirects: usize,
+    timeout: Duration,
+    allow_private: bool,
+}
+
+impl Fetcher {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let limits = &config.limits;
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("imgbatch/", env!("CARGO_PKG_VERSION")))
+            .redirect(Policy::none())
+            .connect_timeout(limits.connect_timeout)
+            .read_timeout(limits.download_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            // A proxy would connect on our behalf and bypass the address check.
+            .no_proxy();
+        if !config.allow_private_networks {
+            builder = builder.dns_resolver(net::guarded_resolver());
+        }
+        Ok(Self {
+            client: builder.build()?,
+            max_bytes: limits.max_image_bytes,
+            max_redirects: limits.max_redirects,
+            timeout: limits.download_timeout,
+            allow_private: config.allow_private_networks,
+        })
+    }
+
+    /// The image's bytes, or why not. The whole download, redirects included, is bounded by
+    /// the download timeout.
+    pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        match tokio::time::timeout(self.timeout, self.fetch_inner(url)).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Transient(format!(
+                "download timed out after {}",
+                humantime::format_duration(self.timeout)
+            ))),
+        }
+    }
+
+    async fn fetch_inner(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        let mut url =
+            url::Url::parse(url).map_err(|e| FetchError::Permanent(format!("invalid URL: {e}")))?;
+        let mut hops = 0;
+        let response = loop {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(FetchError::Permanent(format!(
+                    "unsupported URL scheme {:?}",
+                    url.scheme()
+                )));
+            }
+            net::check_literal_host(&url, self.allow_private)
+                .map_err(|e| FetchError::Permanent(e.to_string()))?;
+            let resp = self
+                .client
+                .get(url.clone())
+                .send()
+                .await
+                .map_err(classify)?;
+            let status = resp.status();
+            if status.is_redirection() {
+                if hops >= self.max_redirects {
+                    return Err(FetchError::Permanent(format!(
+                        "more than {} redirects",
+                        self.max_redirects
+                    )));
+                }
+                let location = resp
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| {
+                        FetchError::Permanent(format!("HTTP {status} without a Location"))
+                    })?;
+                url = url
+                    .join(location)
+                    .map_err(|e| FetchError::Permanent(format!("bad redirect Location: {e}")))?;
+                hops += 1;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(status_error(status));
+            }
+            break resp;
+        };
+        if let Some(len) = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > self.max_bytes {
+                return Err(too_large(self.max_bytes));
+            }
+        }
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if body.len() as u64 + chunk.len() as u64 > self.max_bytes {
+                return Err(too_large(self.max_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+fn too_large(max: u64) -> FetchError {
+    FetchError::Permanent(format!("image is larger than the limit of {max} bytes"))
+}
+
+fn status_error(status: StatusCode) -> FetchError {
+    let msg = format!("origin answered HTTP {status}");
+    if status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+    {
+        FetchError::Transient(msg)
+    } else {
+        FetchError::Permanent(msg)
+    }
+}
+
+fn classify(e: reqwest::Error) -> FetchError {
+    // A refused address surfaces as a resolver error inside a connect error.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(np) = s.downcast_ref::<NotPublic>() {
+            return FetchError::Permanent(np.to_string());
+        }
+        source = s.source();
+    }
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "connection broke while downloading"
+    } else {
+        "request failed"
+    };
+    FetchError::Transient(format!("{what}: {}", root_cause(&e)))
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_sorted() {
+        assert!(matches!(
+            status_error(StatusCode::NOT_FOUND),
+            FetchError::Permanent(_)
+        ));
+        assert!(matches!(
+            status_error(StatusCode::FORBIDDEN),
+            FetchError::Permanent(_)
+        ));
+        assert!(matches!(
+            status_error(StatusCode::INTERNAL_SERVER_ERROR),
+            FetchError::Transient(_)
+        ));
+        assert!(matches!(
+            status_error(StatusCode::BAD_GATEWAY),
+            FetchError::Transient(_)
+        ));
+        assert!(matches!(
+            status_error(StatusCode::REQUEST_TIMEOUT),
+            FetchError::Transient(_)
+        ));
+        assert!(matches!(
+            status_error(StatusCode::TOO_MANY_REQUESTS),
+            FetchError::Transient(_)
+        ));
+    }
+}

@@ -1,0 +1,124 @@
+//! imgbatch: a CSV of products and image URLs in, compressed JPEGs out.
+//!
+//! [`start`] builds the whole service from a [`Config`]; `main.rs` and the integration tests both
+//! use it, so tests run exactly what production runs.
+
+pub mod api;
+pub mod compress;
+pub mod config;
+pub mod csv_input;
+pub mod domain;
+pub mod error;
+pub mod fetch;
+pub mod intake;
+pub mod net;
+pub mod report;
+pub mod storage;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::api::{ApiKeys, AppState};
+use crate::store::Store;
+use crate::worker::{Wakeup, WorkerPool};
+
+/// A running service: its HTTP server and its workers.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub store: Store,
+    shutdown: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+    workers: Option<WorkerPool>,
+}
+
+/// Binds, migrates, and starts serving and working. Returns once the service is ready.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(address = %addr, "listening on http://{addr}");
+
+    let store = Store::connect(&config.db.database_url)
+        .await
+        .context("cannot open the database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    tracing::info!(backend = store.backend(), "database ready");
+
+    let public_url: Arc<str> = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .trim_end_matches('/')
+        .into();
+    let storage = storage::Storage::open(&config.storage, &public_url)?;
+    let wakeup = Wakeup::default();
+    let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+
+    let workers = if config.workers.workers > 0 {
+        let fetcher = fetch::Fetcher::new(&config)?;
+        Some(WorkerPool::start(
+            store.clone(),
+            storage,
+            fetcher,
+            config.clone(),
+            wakeup.clone(),
+            shutdown.child_token(),
+        ))
+    } else {
+        None
+    };
+
+    let state = AppState {
+        store: store.clone(),
+        keys: Arc::new(ApiKeys::new(&config.api_keys)),
+        config,
+        wakeup,
+        public_url,
+    };
+    let app = api::router(state);
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+    });
+    Ok(Server {
+        addr,
+        store,
+        shutdown,
+        http,
+        workers,
+    })
+}
+
+impl Server {
+    /// Stops taking requests, lets in-flight jobs finish or hands them back, and waits.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        if let Some(workers) = self.workers {
+            workers.stop().await;
+        }
+        self.http.await??;
+        Ok(())
+    }
+
+    /// Resolves when the HTTP server stops on its own (it should not).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

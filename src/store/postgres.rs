@@ -1,0 +1,553 @@
+//! Postgres backend: the production database. Inserts go in as arrays (`UNNEST`), one statement
+//! per table however many rows; claims use `FOR UPDATE SKIP LOCKED` so processes never wait on
+//! each other's jobs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::*;
+use crate::domain::RequestId;
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("invalid postgres URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn create_request(
+        &self,
+        new: &NewRequest,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CreateOutcome> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = &new.idempotency_key {
+            // Two concurrent uploads with one key: the second waits here for the first to commit.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+                .bind(&new.owner)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            let existing = sqlx::query(
+                "SELECT id, upload_digest FROM requests WHERE owner = $1 AND idempotency_key = $2",
+            )
+            .bind(&new.owner)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                let digest: String = row.try_get("upload_digest")?;
+                return Ok(if digest == new.upload_digest {
+                    CreateOutcome::Replayed(RequestId(row.try_get("id")?))
+                } else {
+                    CreateOutcome::KeyReused
+                });
+            }
+        }
+        let id = new.id.0;
+        let images = new.images();
+        sqlx::query(
+            "INSERT INTO requests (id, owner, idempotency_key, upload_digest, webhook_url, \
+             total_products, total_images, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(id)
+        .bind(&new.owner)
+        .bind(&new.idempotency_key)
+        .bind(&new.upload_digest)
+        .bind(&new.webhook_url)
+        .bind(new.products.len() as i32)
+        .bind(images.len() as i32)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+
+        let positions: Vec<i32> = (0..new.products.len() as i32).collect();
+        let serials: Vec<i64> = new.products.iter().map(|p| p.serial_number.0).collect();
+        let names: Vec<&str> = new
+            .products
+            .iter()
+            .map(|p| p.product_name.0.as_str())
+            .collect();
+        let urls: Vec<String> = new
+            .products
+            .iter()
+            .map(|p| {
+                let u: Vec<&str> = p.input_urls.iter().map(|u| u.as_str()).collect();
+                serde_json::to_string(&u).unwrap_or_default()
+            })
+            .collect();
+        let counts: Vec<i32> = new
+            .products
+            .iter()
+            .map(|p| p.input_urls.len() as i32)
+            .collect();
+        let rows = sqlx::query(
+            "INSERT INTO products (request_id, position, serial_number, product_name, \
+             input_image_urls, total_images, created_at, updated_at) \
+             SELECT $1, * , $7, $7 FROM UNNEST($2::int[], $3::bigint[], $4::text[], $5::text[], $6::int[]) \
+             RETURNING id, position",
+        )
+        .bind(id)
+        .bind(&positions)
+        .bind(&serials)
+        .bind(&names)
+        .bind(&urls)
+        .bind(&counts)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut product_ids = vec![0i64; new.products.len()];
+        for r in rows {
+            let pos: i32 = r.try_get("position")?;
+            product_ids[pos as usize] = r.try_get("id")?;
+        }
+
+        let (originals, duplicates): (Vec<&NewImage>, Vec<&NewImage>) = images
+            .iter()
+            .partition(|i| i.duplicate_of_ordinal.is_none());
+        let rows = sqlx::query(
+            "INSERT INTO images (request_id, product_id, ordinal, position, input_url, \
+             next_attempt_at, created_at, updated_at) \
+             SELECT $1, *, $6, $6, $6 FROM UNNEST($2::bigint[], $3::int[], $4::int[], $5::text[]) \
+             RETURNING id, ordinal",
+        )
+        .bind(id)
+        .bind(
+            originals
+                .iter()
+                .map(|i| product_ids[i.product_position as usize])
+                .collect::<Vec<_>>(),
+        )
+        .bind(originals.iter().map(|i| i.ordinal).collect::<Vec<_>>())
+        .bind(originals.iter().map(|i| i.position).collect::<Vec<_>>())
+        .bind(originals.iter().map(|i| i.url).collect::<Vec<_>>())
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !duplicates.is_empty() {
+            let mut image_ids = vec![0i64; images.len()];
+            for r in rows {
+                let ordinal: i32 = r.try_get("ordinal")?;
+                image_ids[ordinal as usize] = r.try_get("id")?;
+            }
+            sqlx::query(
+                "INSERT INTO images (request_id, product_id, ordinal, position, input_url, \
+                 duplicate_of, next_attempt_at, created_at, updated_at) \
+                 SELECT $1, *, $7, $7, $7 FROM UNNEST($2::bigint[], $3::int[], $4::int[], $5::text[], $6::bigint[])",
+            )
+            .bind(id)
+            .bind(duplicates.iter().map(|i| product_ids[i.product_position as usize]).collect::<Vec<_>>())
+            .bind(duplicates.iter().map(|i| i.ordinal).collect::<Vec<_>>())
+            .bind(duplicates.iter().map(|i| i.position).collect::<Vec<_>>())
+            .bind(duplicates.iter().map(|i| i.url).collect::<Vec<_>>())
+            .bind(
+                duplicates
+                    .iter()
+                    .map(|i| image_ids[i.duplicate_of_ordinal.unwrap_or_default() as usize])
+                    .collect::<Vec<_>>(),
+            )
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Delivered on commit: wakes the workers of every process on this database.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::worker::NOTIFY_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(CreateOutcome::Created(new.id))
+    }
+
+    pub async fn request(&self, id: RequestId, owner: &str) -> StoreResult<Option<RequestRow>> {
+        let mut conn = self.pool.acquire().await?;
+        Self::request_on(&mut conn, id, owner).await
+    }
+
+    async fn request_on(
+        conn: &mut sqlx::PgConnection,
+        id: RequestId,
+        owner: &str,
+    ) -> StoreResult<Option<RequestRow>> {
+        let row = sqlx::query(
+            "SELECT id, status, webhook_url, total_products, total_images, completed_images, \
+             failed_images, created_at, updated_at FROM requests WHERE id = $1 AND owner = $2",
+        )
+        .bind(id.0)
+        .bind(owner)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(RequestRow {
+            id: RequestId(r.try_get::<Uuid, _>("id")?),
+            status: parse_status(r.try_get("status")?)?,
+            webhook_url: r.try_get("webhook_url")?,
+            total_products: r.try_get::<i32, _>("total_products")?.into(),
+            total_images: r.try_get::<i32, _>("total_images")?.into(),
+            completed_images: r.try_get::<i32, _>("completed_images")?.into(),
+            failed_images: r.try_get::<i32, _>("failed_images")?.into(),
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        }))
+    }
+
+    pub async fn request_detail(
+        &self,
+        id: RequestId,
+        owner: &str,
+    ) -> StoreResult<Option<RequestDetail>> {
+        let mut tx = self.pool.begin().await?;
+        // One snapshot for all three reads, so counts, products and images agree.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let Some(request) = Self::request_on(&mut tx, id, owner).await? else {
+            return Ok(None);
+        };
+        let products = sqlx::query(
+            "SELECT id, position, serial_number, product_name, status FROM products \
+             WHERE request_id = $1 ORDER BY position",
+        )
+        .bind(id.0)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(ProductRow {
+                id: r.try_get("id")?,
+                position: r.try_get::<i32, _>("position")?.into(),
+                serial_number: r.try_get("serial_number")?,
+                product_name: r.try_get("product_name")?,
+                status: parse_status(r.try_get("status")?)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let images = sqlx::query(
+            "SELECT product_id, position, input_url, status, output_url, error, attempts \
+             FROM images WHERE request_id = $1 ORDER BY ordinal",
+        )
+        .bind(id.0)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(ImageRow {
+                product_id: r.try_get("product_id")?,
+                position: r.try_get::<i32, _>("position")?.into(),
+                input_url: r.try_get("input_url")?,
+                status: parse_status(r.try_get("status")?)?,
+                output_url: r.try_get("output_url")?,
+                error: r.try_get("error")?,
+                attempts: r.try_get::<i32, _>("attempts")?.into(),
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(Some(RequestDetail {
+            request,
+            products,
+            images,
+        }))
+    }
+
+    pub async fn claim_images(
+        &self,
+        worker: &str,
+        limit: i64,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ImageJob>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "WITH picked AS ( \
+                SELECT id FROM images WHERE status = 'pending' AND duplicate_of IS NULL \
+                AND next_attempt_at <= $1 ORDER BY ordinal, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE images i SET status = 'processing', attempts = i.attempts + 1, locked_by = $3, \
+                locked_until = $4, updated_at = $1 \
+             FROM picked WHERE i.id = picked.id \
+             RETURNING i.id, i.request_id, i.product_id, i.ordinal, i.position, i.input_url, i.attempts",
+        )
+        .bind(now)
+        .bind(limit)
+        .bind(worker)
+        .bind(lease_until(now, lease))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for r in rows {
+            jobs.push(ImageJob {
+                id: r.try_get("id")?,
+                request_id: RequestId(r.try_get("request_id")?),
+                product_id: r.try_get("product_id")?,
+                ordinal: r.try_get::<i32, _>("ordinal")?.into(),
+                position: r.try_get::<i32, _>("position")?.into(),
+                input_url: r.try_get("input_url")?,
+                attempts: r.try_get::<i32, _>("attempts")?.into(),
+            });
+        }
+        jobs.sort_by_key(|j| (j.ordinal, j.id));
+        if !jobs.is_empty() {
+            let products: Vec<i64> = jobs.iter().map(|j| j.product_id).collect();
+            let requests: Vec<Uuid> = jobs.iter().map(|j| j.request_id.0).collect();
+            sqlx::query(
+                "UPDATE products SET status = 'processing', updated_at = $2 \
+                 WHERE id = ANY($1) AND status = 'pending'",
+            )
+            .bind(&products)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE requests SET status = 'processing', updated_at = $2 \
+                 WHERE id = ANY($1) AND status = 'pending'",
+            )
+            .bind(&requests)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET locked_until = $1 WHERE locked_by = $2 AND status = 'processing'",
+        )
+        .bind(lease_until(now, lease))
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn release(&self, worker: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'pending', attempts = GREATEST(attempts - 1, 0), \
+             locked_by = NULL, locked_until = NULL, next_attempt_at = $1, updated_at = $1 \
+             WHERE locked_by = $2 AND status = 'processing'",
+        )
+        .bind(now)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn reclaim_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'pending', locked_by = NULL, locked_until = NULL, \
+             next_attempt_at = $1, updated_at = $1 \
+             WHERE status = 'processing' AND locked_until < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn next_runnable_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        let v: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM images WHERE status = 'pending' AND duplicate_of IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(v)
+    }
+
+    pub async fn settle_image(
+        &self,
+        job: &ImageJob,
+        worker: &str,
+        outcome: &JobOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settled> {
+        let mut tx = self.pool.begin().await?;
+        let Some((status, delta)) = settled_status(outcome) else {
+            let JobOutcome::Retry { error, at } = outcome else {
+                unreachable!()
+            };
+            let r = sqlx::query(
+                "UPDATE images SET status = 'pending', error = $1, next_attempt_at = $2, \
+                 locked_by = NULL, locked_until = NULL, updated_at = $3 \
+                 WHERE id = $4 AND status = 'processing' AND locked_by = $5",
+            )
+            .bind(error)
+            .bind(at)
+            .bind(now)
+            .bind(job.id)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Settled {
+                recorded: r.rows_affected() == 1,
+                request_finished: None,
+            });
+        };
+        let (out, error) = match outcome {
+            JobOutcome::Completed(o) => (Some(o), None),
+            JobOutcome::Failed { error } => (None, Some(error.as_str())),
+            JobOutcome::Retry { .. } => (None, None),
+        };
+        let r = sqlx::query(
+            "UPDATE images SET status = $1, output_key = $2, output_url = $3, input_format = $4, \
+             bytes_in = $5, bytes_out = $6, width = $7, height = $8, error = $9, locked_by = NULL, \
+             locked_until = NULL, updated_at = $10 \
+             WHERE id = $11 AND status = 'processing' AND locked_by = $12",
+        )
+        .bind(status.as_str())
+        .bind(out.map(|o| &o.key))
+        .bind(out.map(|o| &o.url))
+        .bind(out.map(|o| &o.input_format))
+        .bind(out.map(|o| o.bytes_in))
+        .bind(out.map(|o| o.bytes_out))
+        .bind(out.map(|o| o.width as i32))
+        .bind(out.map(|o| o.height as i32))
+        .bind(error)
+        .bind(now)
+        .bind(job.id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(Settled::default());
+        }
+        let dup_products: Vec<i64> = sqlx::query_scalar(
+            "UPDATE images SET status = $1, output_key = $2, output_url = $3, input_format = $4, \
+             bytes_in = $5, bytes_out = $6, width = $7, height = $8, error = $9, updated_at = $10 \
+             WHERE duplicate_of = $11 AND status = 'pending' RETURNING product_id",
+        )
+        .bind(status.as_str())
+        .bind(out.map(|o| &o.key))
+        .bind(out.map(|o| &o.url))
+        .bind(out.map(|o| &o.input_format))
+        .bind(out.map(|o| o.bytes_in))
+        .bind(out.map(|o| o.bytes_out))
+        .bind(out.map(|o| o.width as i32))
+        .bind(out.map(|o| o.height as i32))
+        .bind(error)
+        .bind(now)
+        .bind(job.id)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        let mut per_product: BTreeMap<i64, Delta> = BTreeMap::new();
+        for pid in std::iter::once(job.product_id).chain(dup_products) {
+            let d = per_product.entry(pid).or_default();
+            d.completed += delta.completed;
+            d.failed += delta.failed;
+        }
+        let mut total = Delta::default();
+        // Ordered by id (BTreeMap), so concurrent settlements lock products in one order.
+        for (pid, d) in &per_product {
+            total.completed += d.completed;
+            total.failed += d.failed;
+            let row = sqlx::query(
+                "UPDATE products SET completed_images = completed_images + $1, \
+                 failed_images = failed_images + $2, updated_at = $3 WHERE id = $4 \
+                 RETURNING total_images, completed_images, failed_images",
+            )
+            .bind(d.completed as i32)
+            .bind(d.failed as i32)
+            .bind(now)
+            .bind(pid)
+            .fetch_one(&mut *tx)
+            .await?;
+            let st = Status::roll_up(
+                row.try_get::<i32, _>(0)?.into(),
+                row.try_get::<i32, _>(1)?.into(),
+                row.try_get::<i32, _>(2)?.into(),
+                true,
+            );
+            if st.is_final() {
+                let outputs: Vec<Option<String>> = sqlx::query_scalar(
+                    "SELECT output_url FROM images WHERE product_id = $1 ORDER BY position",
+                )
+                .bind(pid)
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE products SET status = $1, output_image_urls = $2 WHERE id = $3",
+                )
+                .bind(st.as_str())
+                .bind(serde_json::to_string(&outputs).unwrap_or_default())
+                .bind(pid)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        // The row lock taken here serialises the last settlements of a request: exactly one of
+        // them sees the final counts.
+        let row = sqlx::query(
+            "UPDATE requests SET completed_images = completed_images + $1, \
+             failed_images = failed_images + $2, updated_at = $3 WHERE id = $4 \
+             RETURNING total_images, completed_images, failed_images",
+        )
+        .bind(total.completed as i32)
+        .bind(total.failed as i32)
+        .bind(now)
+        .bind(job.request_id.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        let st = Status::roll_up(
+            row.try_get::<i32, _>(0)?.into(),
+            row.try_get::<i32, _>(1)?.into(),
+            row.try_get::<i32, _>(2)?.into(),
+            true,
+        );
+        let request_finished = if st.is_final() {
+            sqlx::query("UPDATE requests SET status = $1 WHERE id = $2")
+                .bind(st.as_str())
+                .bind(job.request_id.0)
+                .execute(&mut *tx)
+                .await?;
+            Some(st)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(Settled {
+            recorded: true,
+            request_finished,
+        })
+    }
+}

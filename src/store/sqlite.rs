@@ -1,0 +1,540 @@
+//! SQLite backend: the embedded default. One writer connection serialises writes in process (SQLite
+//! allows one writer anyway, and a single connection never meets SQLITE_BUSY on lock upgrades);
+//! readers use their own pool and see WAL snapshots.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::*;
+use crate::domain::RequestId;
+
+/// SQLite allows 32766 bound parameters a statement; stay well below.
+const INSERT_CHUNK: usize = 2000;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
+}
+
+fn parse_id(s: &str) -> Result<RequestId, StoreError> {
+    RequestId::parse(s)
+        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("bad request id {s:?} in database")))
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("invalid sqlite URL {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(dir) = opts.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Other(anyhow::anyhow!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Self { write, read })
+    }
+
+    pub async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("migrations/sqlite").run(&self.write).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    pub async fn create_request(
+        &self,
+        new: &NewRequest,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CreateOutcome> {
+        let mut tx = self.write.begin().await?;
+        if let Some(key) = &new.idempotency_key {
+            let existing = sqlx::query(
+                "SELECT id, upload_digest FROM requests WHERE owner = ? AND idempotency_key = ?",
+            )
+            .bind(&new.owner)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                let digest: String = row.try_get("upload_digest")?;
+                return Ok(if digest == new.upload_digest {
+                    CreateOutcome::Replayed(parse_id(row.try_get("id")?)?)
+                } else {
+                    CreateOutcome::KeyReused
+                });
+            }
+        }
+        let id = new.id.to_string();
+        let now = ms(now);
+        let images = new.images();
+        sqlx::query(
+            "INSERT INTO requests (id, owner, idempotency_key, upload_digest, webhook_url, \
+             total_products, total_images, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&new.owner)
+        .bind(&new.idempotency_key)
+        .bind(&new.upload_digest)
+        .bind(&new.webhook_url)
+        .bind(new.products.len() as i64)
+        .bind(images.len() as i64)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+
+        // Product ids by position, to point images at them.
+        let mut product_ids = vec![0i64; new.products.len()];
+        for (chunk_no, chunk) in new.products.chunks(INSERT_CHUNK / 8).enumerate() {
+            let base = chunk_no * (INSERT_CHUNK / 8);
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO products (request_id, position, serial_number, product_name, \
+                 input_image_urls, total_images, created_at, updated_at) ",
+            );
+            qb.push_values(chunk.iter().enumerate(), |mut b, (i, p)| {
+                let urls: Vec<&str> = p.input_urls.iter().map(|u| u.as_str()).collect();
+                b.push_bind(&id)
+                    .push_bind((base + i) as i64)
+                    .push_bind(p.serial_number.0)
+                    .push_bind(&p.product_name.0)
+                    .push_bind(serde_json::to_string(&urls).unwrap_or_default())
+                    .push_bind(p.input_urls.len() as i64)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            qb.push(" RETURNING id, position");
+            for row in qb.build().fetch_all(&mut *tx).await? {
+                let pos: i64 = row.try_get("position")?;
+                product_ids[pos as usize] = row.try_get("id")?;
+            }
+        }
+
+        // Originals first, so duplicates can name their id.
+        let mut image_ids = vec![0i64; images.len()];
+        let (originals, duplicates): (Vec<&NewImage>, Vec<&NewImage>) = images
+            .iter()
+            .partition(|i| i.duplicate_of_ordinal.is_none());
+        for chunk in originals.chunks(INSERT_CHUNK / 8) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO images (request_id, product_id, ordinal, position, input_url, \
+                 next_attempt_at, created_at, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, img| {
+                b.push_bind(&id)
+                    .push_bind(product_ids[img.product_position as usize])
+                    .push_bind(img.ordinal)
+                    .push_bind(img.position)
+                    .push_bind(img.url)
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            qb.push(" RETURNING id, ordinal");
+            for row in qb.build().fetch_all(&mut *tx).await? {
+                let ordinal: i64 = row.try_get("ordinal")?;
+                image_ids[ordinal as usize] = row.try_get("id")?;
+            }
+        }
+        for chunk in duplicates.chunks(INSERT_CHUNK / 9) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO images (request_id, product_id, ordinal, position, input_url, \
+                 duplicate_of, next_attempt_at, created_at, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, img| {
+                let first = img.duplicate_of_ordinal.unwrap_or_default() as usize;
+                b.push_bind(&id)
+                    .push_bind(product_ids[img.product_position as usize])
+                    .push_bind(img.ordinal)
+                    .push_bind(img.position)
+                    .push_bind(img.url)
+                    .push_bind(image_ids[first])
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(CreateOutcome::Created(new.id))
+    }
+
+    pub async fn request(&self, id: RequestId, owner: &str) -> StoreResult<Option<RequestRow>> {
+        let mut conn = self.read.acquire().await?;
+        Self::request_on(&mut conn, id, owner).await
+    }
+
+    async fn request_on(
+        conn: &mut sqlx::SqliteConnection,
+        id: RequestId,
+        owner: &str,
+    ) -> StoreResult<Option<RequestRow>> {
+        let row = sqlx::query(
+            "SELECT id, status, webhook_url, total_products, total_images, completed_images, \
+             failed_images, created_at, updated_at FROM requests WHERE id = ? AND owner = ?",
+        )
+        .bind(id.to_string())
+        .bind(owner)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(RequestRow {
+            id: parse_id(r.try_get("id")?)?,
+            status: parse_status(r.try_get("status")?)?,
+            webhook_url: r.try_get("webhook_url")?,
+            total_products: r.try_get("total_products")?,
+            total_images: r.try_get("total_images")?,
+            completed_images: r.try_get("completed_images")?,
+            failed_images: r.try_get("failed_images")?,
+            created_at: from_ms(r.try_get("created_at")?),
+            updated_at: from_ms(r.try_get("updated_at")?),
+        }))
+    }
+
+    pub async fn request_detail(
+        &self,
+        id: RequestId,
+        owner: &str,
+    ) -> StoreResult<Option<RequestDetail>> {
+        // One read transaction: a WAL snapshot, so counts, products and images agree.
+        let mut tx = self.read.begin().await?;
+        let Some(request) = Self::request_on(&mut tx, id, owner).await? else {
+            return Ok(None);
+        };
+        let key = id.to_string();
+        let products = sqlx::query(
+            "SELECT id, position, serial_number, product_name, status FROM products \
+             WHERE request_id = ? ORDER BY position",
+        )
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(ProductRow {
+                id: r.try_get("id")?,
+                position: r.try_get("position")?,
+                serial_number: r.try_get("serial_number")?,
+                product_name: r.try_get("product_name")?,
+                status: parse_status(r.try_get("status")?)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let images = sqlx::query(
+            "SELECT product_id, position, input_url, status, output_url, error, attempts \
+             FROM images WHERE request_id = ? ORDER BY ordinal",
+        )
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(ImageRow {
+                product_id: r.try_get("product_id")?,
+                position: r.try_get("position")?,
+                input_url: r.try_get("input_url")?,
+                status: parse_status(r.try_get("status")?)?,
+                output_url: r.try_get("output_url")?,
+                error: r.try_get("error")?,
+                attempts: r.try_get("attempts")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(Some(RequestDetail {
+            request,
+            products,
+            images,
+        }))
+    }
+
+    pub async fn claim_images(
+        &self,
+        worker: &str,
+        limit: i64,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ImageJob>> {
+        let mut tx = self.write.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE images SET status = 'processing', attempts = attempts + 1, locked_by = ?, \
+             locked_until = ?, updated_at = ? \
+             WHERE id IN (SELECT id FROM images WHERE status = 'pending' AND duplicate_of IS NULL \
+                          AND next_attempt_at <= ? ORDER BY ordinal, id LIMIT ?) \
+             RETURNING id, request_id, product_id, ordinal, position, input_url, attempts",
+        )
+        .bind(worker)
+        .bind(ms(lease_until(now, lease)))
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for r in rows {
+            jobs.push(ImageJob {
+                id: r.try_get("id")?,
+                request_id: parse_id(r.try_get("request_id")?)?,
+                product_id: r.try_get("product_id")?,
+                ordinal: r.try_get("ordinal")?,
+                position: r.try_get("position")?,
+                input_url: r.try_get("input_url")?,
+                attempts: r.try_get("attempts")?,
+            });
+        }
+        jobs.sort_by_key(|j| (j.ordinal, j.id));
+        if !jobs.is_empty() {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE products SET status = 'processing', updated_at = ");
+            qb.push_bind(ms(now))
+                .push(" WHERE status = 'pending' AND id IN (");
+            let mut sep = qb.separated(", ");
+            for j in &jobs {
+                sep.push_bind(j.product_id);
+            }
+            qb.push(")");
+            qb.build().execute(&mut *tx).await?;
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE requests SET status = 'processing', updated_at = ");
+            qb.push_bind(ms(now))
+                .push(" WHERE status = 'pending' AND id IN (");
+            let mut sep = qb.separated(", ");
+            for j in &jobs {
+                sep.push_bind(j.request_id.to_string());
+            }
+            qb.push(")");
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET locked_until = ? WHERE locked_by = ? AND status = 'processing'",
+        )
+        .bind(ms(lease_until(now, lease)))
+        .bind(worker)
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn release(&self, worker: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        // The interrupted attempt does not count against the image.
+        let r = sqlx::query(
+            "UPDATE images SET status = 'pending', attempts = MAX(attempts - 1, 0), locked_by = NULL, \
+             locked_until = NULL, next_attempt_at = ?, updated_at = ? \
+             WHERE locked_by = ? AND status = 'processing'",
+        )
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(worker)
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn reclaim_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'pending', locked_by = NULL, locked_until = NULL, \
+             next_attempt_at = ?, updated_at = ? \
+             WHERE status = 'processing' AND locked_until < ?",
+        )
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(ms(now))
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn next_runnable_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM images WHERE status = 'pending' AND duplicate_of IS NULL",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(v.map(from_ms))
+    }
+
+    pub async fn settle_image(
+        &self,
+        job: &ImageJob,
+        worker: &str,
+        outcome: &JobOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Settled> {
+        let mut tx = self.write.begin().await?;
+        let Some((status, delta)) = settled_status(outcome) else {
+            let JobOutcome::Retry { error, at } = outcome else {
+                unreachable!()
+            };
+            let r = sqlx::query(
+                "UPDATE images SET status = 'pending', error = ?, next_attempt_at = ?, locked_by = NULL, \
+                 locked_until = NULL, updated_at = ? \
+                 WHERE id = ? AND status = 'processing' AND locked_by = ?",
+            )
+            .bind(error)
+            .bind(ms(*at))
+            .bind(ms(now))
+            .bind(job.id)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Settled {
+                recorded: r.rows_affected() == 1,
+                request_finished: None,
+            });
+        };
+        let (out, error) = match outcome {
+            JobOutcome::Completed(o) => (Some(o), None),
+            JobOutcome::Failed { error } => (None, Some(error.as_str())),
+            JobOutcome::Retry { .. } => (None, None),
+        };
+        let r = sqlx::query(
+            "UPDATE images SET status = ?, output_key = ?, output_url = ?, input_format = ?, \
+             bytes_in = ?, bytes_out = ?, width = ?, height = ?, error = ?, locked_by = NULL, \
+             locked_until = NULL, updated_at = ? \
+             WHERE id = ? AND status = 'processing' AND locked_by = ?",
+        )
+        .bind(status.as_str())
+        .bind(out.map(|o| &o.key))
+        .bind(out.map(|o| &o.url))
+        .bind(out.map(|o| &o.input_format))
+        .bind(out.map(|o| o.bytes_in))
+        .bind(out.map(|o| o.bytes_out))
+        .bind(out.map(|o| o.width))
+        .bind(out.map(|o| o.height))
+        .bind(error)
+        .bind(ms(now))
+        .bind(job.id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(Settled::default());
+        }
+        let dup_products: Vec<i64> = sqlx::query_scalar(
+            "UPDATE images SET status = ?, output_key = ?, output_url = ?, input_format = ?, \
+             bytes_in = ?, bytes_out = ?, width = ?, height = ?, error = ?, updated_at = ? \
+             WHERE duplicate_of = ? AND status = 'pending' RETURNING product_id",
+        )
+        .bind(status.as_str())
+        .bind(out.map(|o| &o.key))
+        .bind(out.map(|o| &o.url))
+        .bind(out.map(|o| &o.input_format))
+        .bind(out.map(|o| o.bytes_in))
+        .bind(out.map(|o| o.bytes_out))
+        .bind(out.map(|o| o.width))
+        .bind(out.map(|o| o.height))
+        .bind(error)
+        .bind(ms(now))
+        .bind(job.id)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        let mut per_product: BTreeMap<i64, Delta> = BTreeMap::new();
+        for pid in std::iter::once(job.product_id).chain(dup_products) {
+            let d = per_product.entry(pid).or_default();
+            d.completed += delta.completed;
+            d.failed += delta.failed;
+        }
+        let mut total = Delta::default();
+        for (pid, d) in &per_product {
+            total.completed += d.completed;
+            total.failed += d.failed;
+            let row = sqlx::query(
+                "UPDATE products SET completed_images = completed_images + ?, \
+                 failed_images = failed_images + ?, updated_at = ? WHERE id = ? \
+                 RETURNING total_images, completed_images, failed_images",
+            )
+            .bind(d.completed)
+            .bind(d.failed)
+            .bind(ms(now))
+            .bind(pid)
+            .fetch_one(&mut *tx)
+            .await?;
+            let st = Status::roll_up(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, true);
+            if st.is_final() {
+                let outputs: Vec<Option<String>> = sqlx::query_scalar(
+                    "SELECT output_url FROM images WHERE product_id = ? ORDER BY position",
+                )
+                .bind(pid)
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE products SET status = ?, output_image_urls = ? WHERE id = ?")
+                    .bind(st.as_str())
+                    .bind(serde_json::to_string(&outputs).unwrap_or_default())
+                    .bind(pid)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let row = sqlx::query(
+            "UPDATE requests SET completed_images = completed_images + ?, \
+             failed_images = failed_images + ?, updated_at = ? WHERE id = ? \
+             RETURNING total_images, completed_images, failed_images",
+        )
+        .bind(total.completed)
+        .bind(total.failed)
+        .bind(ms(now))
+        .bind(job.request_id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let st = Status::roll_up(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, true);
+        let request_finished = if st.is_final() {
+            sqlx::query("UPDATE requests SET status = ? WHERE id = ?")
+                .bind(st.as_str())
+                .bind(job.request_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            Some(st)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(Settled {
+            recorded: true,
+            request_finished,
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! One image job: download, compress, store, record.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::{backoff, Ctx};
+use crate::compress::{compress, CompressOptions};
+use crate::fetch::FetchError;
+use crate::store::{ImageJob, ImageOutput, JobOutcome};
+
+pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
+    let started = Instant::now();
+    let max = ctx.config.workers.max_attempts as i64;
+    let outcome = if job.attempts > max {
+        // Claimed again after its process died mid-job, more times than we allow: an input
+        // that kills the worker must not be retried forever.
+        JobOutcome::Failed {
+            error: format!(
+                "gave up after {max} attempts: the worker processing it stopped each time"
+            ),
+        }
+    } else {
+        attempt(ctx, &job).await
+    };
+    record(ctx, &job, &outcome).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match &outcome {
+        JobOutcome::Completed(o) => {
+            tracing::debug!(image = job.id, request_id = %job.request_id, bytes_in = o.bytes_in, bytes_out = o.bytes_out, elapsed_ms, "image completed")
+        }
+        JobOutcome::Failed { error } => {
+            tracing::info!(image = job.id, request_id = %job.request_id, %error, "image failed")
+        }
+        JobOutcome::Retry { error, at } => {
+            tracing::info!(image = job.id, request_id = %job.request_id, %error, retry_at = %at, "image will be retried")
+        }
+    }
+}
+
+async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
+    let bytes = match ctx.fetcher.fetch(&job.input_url).await {
+        Ok(b) => b,
+        Err(FetchError::Permanent(error)) => return JobOutcome::Failed { error },
+        Err(FetchError::Transient(error)) => return retry_or_fail(ctx, job, error),
+    };
+    let bytes_in = bytes.len() as i64;
+    let opts = CompressOptions {
+        quality: ctx.config.quality,
+        max_pixels: ctx.config.limits.max_image_pixels,
+    };
+    let compressed = {
+        let Ok(_permit) = ctx.cpu.acquire().await else {
+            return retry_or_fail(ctx, job, "shutting down".into());
+        };
+        tokio::task::spawn_blocking(move || compress(&bytes, &opts)).await
+    };
+    let c = match compressed {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return JobOutcome::Failed {
+                error: e.to_string(),
+            }
+        }
+        Err(e) => {
+            return JobOutcome::Failed {
+                error: format!("decoder crashed: {e}"),
+            }
+        }
+    };
+    let key = format!("{}/{}.jpg", job.request_id, job.ordinal);
+    let (width, height, input_format) = (c.width, c.height, c.input_format.as_str());
+    let bytes_out = c.jpeg.len() as i64;
+    match ctx.storage.put(&key, c.jpeg).await {
+        Ok(url) => JobOutcome::Completed(ImageOutput {
+            key,
+            url,
+            input_format: input_format.to_string(),
+            bytes_in,
+            bytes_out,
+            width: width.into(),
+            height: height.into(),
+        }),
+        Err(e) => retry_or_fail(ctx, job, format!("could not store the output: {e}")),
+    }
+}
+
+fn retry_or_fail(ctx: &Ctx, job: &ImageJob, error: String) -> JobOutcome {
+    let max = ctx.config.workers.max_attempts as i64;
+    if job.attempts >= max {
+        return JobOutcome::Failed {
+            error: format!("{error} (gave up after {} attempts)", job.attempts),
+        };
+    }
+    let delay = backoff(
+        ctx.config.workers.retry_base,
+        job.attempts as u32,
+        Duration::from_secs(600),
+    );
+    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    JobOutcome::Retry { error, at }
+}
+
+/// Records the outcome, riding out a short database outage. If the database stays away, the
+/// lease lapses and the job runs again; recording it then is idempotent.
+async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) {
+    for attempt in 1..=6u32 {
+        match ctx.store.settle_image(job, &ctx.worker_id, outcome).await {
+            Ok(s) => {
+                if !s.recorded {
+                    tracing::warn!(
+                        image = job.id,
+                        "job was no longer ours (lease lost); outcome dropped"
+                    );
+                }
+                if let Some(status) = s.request_finished {
+                    tracing::info!(request_id = %job.request_id, %status, "request finished");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(image = job.id, error = %e, attempt, "cannot record outcome; retrying");
+                tokio::time::sleep(backoff(
+                    Duration::from_millis(200),
+                    attempt,
+                    Duration::from_secs(10),
+                ))
+                .await;
+            }
+        }
+    }
+}
