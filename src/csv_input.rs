@@ -124,6 +124,8 @@ impl fmt::Display for CsvError {
 /// reported on the header's line, and parsing stops there. Parsing also stops at the first row
 /// past [`CsvLimits::max_rows`] and at a line with an absurd number of fields.
 pub fn parse_csv(bytes: &[u8], limits: &CsvLimits) -> Result<Vec<ParsedProduct>, Vec<CsvError>> {
+    // csv-core happens to skip a leading BOM too; stripping it here keeps the contract from
+    // depending on that, and keeps byte offsets (used for line numbers) consistent.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut records = Records::new(bytes);
     let mut errors = Errors::default();
@@ -723,7 +725,7 @@ impl<'a> Records<'a> {
                     return None;
                 }
             }
-            let line = self.record.position().map_or(1, |p| p.line());
+            let line = self.lines.record_start_line(offset);
             if !self.row().fields().all(|f| f.is_blank()) {
                 return Some(line);
             }
@@ -1135,8 +1137,8 @@ mod tests {
         assert_eq!(products[0].serial_number, SerialNumber(1));
         assert_eq!(products[0].line, 2);
 
-        // Left in place, the mark would turn a quoted first cell into an unquoted one that
-        // starts with a BOM and contains the quotes.
+        // Left in place, the mark would make a quoted first cell unquoted (BOM and quotes
+        // included), and the serial column would not be found.
         let products = ok(
             "\u{feff}\"S. No.\",\"Product Name\",\"Input Image Urls\"\r\n1,SKU1,https://a/1.jpg\r\n",
         );

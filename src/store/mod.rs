@@ -305,6 +305,11 @@ impl Store {
         dispatch!(self, s => s.settle_image(job, worker, outcome, Utc::now()).await)
     }
 
+    /// How many requests are stored (all owners).
+    pub async fn count_requests(&self) -> StoreResult<i64> {
+        dispatch!(self, s => s.count_requests().await)
+    }
+
     /// Earliest time a pending job becomes runnable, to sleep exactly until then.
     pub async fn next_runnable_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
         dispatch!(self, s => s.next_runnable_at().await)

@@ -386,6 +386,12 @@ impl SqliteStore {
         Ok(r.rows_affected())
     }
 
+    pub async fn count_requests(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM requests")
+            .fetch_one(&self.read)
+            .await?)
+    }
+
     pub async fn next_runnable_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
         let v: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(next_attempt_at) FROM images WHERE status = 'pending' AND duplicate_of IS NULL",

@@ -1,0 +1,19 @@
+# Multi-stage build: compile in the Rust image, run from a slim Debian with only the binary.
+FROM rust:1.85-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations ./migrations
+RUN cargo build --release --locked && strip target/release/imgbatch
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* && useradd --system --home /data imgbatch \
+    && mkdir -p /data && chown imgbatch /data
+COPY --from=build /src/target/release/imgbatch /usr/local/bin/imgbatch
+USER imgbatch
+WORKDIR /data
+ENV IMGBATCH_BIND=0.0.0.0:3000
+EXPOSE 3000
+ENTRYPOINT ["imgbatch"]
+CMD ["serve"]

@@ -1,0 +1,214 @@
+//! An image origin on 127.0.0.1 that tests fill with generated images and misbehaviours.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use image::{DynamicImage, ImageFormat, RgbImage, RgbaImage};
+
+/// Name → (content type, body).
+type Files = HashMap<String, (String, Vec<u8>)>;
+
+#[derive(Clone, Default)]
+struct OriginState {
+    files: Arc<Mutex<Files>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+pub struct Origin {
+    pub base: String,
+    state: OriginState,
+}
+
+impl Origin {
+    pub async fn start() -> Self {
+        let state = OriginState::default();
+        let app = Router::new()
+            .route("/img/{name}", get(serve_file))
+            .route("/status/{code}", get(serve_status))
+            .route("/flaky/{fails}/{name}", get(serve_flaky))
+            .route("/slow/{name}", get(serve_slow))
+            .route("/redirect/{name}", get(redirect))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Origin { base, state }
+    }
+
+    /// Serves `bytes` at /img/{name}; returns the full URL.
+    pub fn put(&self, name: &str, content_type: &str, bytes: Vec<u8>) -> String {
+        self.state
+            .files
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), (content_type.to_string(), bytes));
+        format!("{}/img/{name}", self.base)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// How many times a path was requested.
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn hit(state: &OriginState, path: String) -> usize {
+    let mut hits = state.hits.lock().unwrap();
+    let n = hits.entry(path).or_default();
+    *n += 1;
+    *n
+}
+
+async fn serve_file(State(s): State<OriginState>, Path(name): Path<String>) -> Response {
+    hit(&s, format!("/img/{name}"));
+    file_response(&s, &name)
+}
+
+fn file_response(s: &OriginState, name: &str) -> Response {
+    match s.files.lock().unwrap().get(name) {
+        Some((ct, bytes)) => ([(header::CONTENT_TYPE, ct.clone())], bytes.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn serve_status(State(s): State<OriginState>, Path(code): Path<u16>) -> Response {
+    hit(&s, format!("/status/{code}"));
+    StatusCode::from_u16(code).unwrap().into_response()
+}
+
+/// Answers 500 to the first `fails` requests, then serves the file.
+async fn serve_flaky(
+    State(s): State<OriginState>,
+    Path((fails, name)): Path<(usize, String)>,
+) -> Response {
+    let n = hit(&s, format!("/flaky/{fails}/{name}"));
+    if n <= fails {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    file_response(&s, &name)
+}
+
+/// Sends headers at once, then stalls before the body.
+async fn serve_slow(State(s): State<OriginState>, Path(name): Path<String>) -> Response {
+    hit(&s, format!("/slow/{name}"));
+    let stream = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"late"))
+    });
+    let _ = name;
+    Response::builder()
+        .header(header::CONTENT_TYPE, "image/jpeg")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+async fn redirect(State(s): State<OriginState>, Path(name): Path<String>) -> Response {
+    hit(&s, format!("/redirect/{name}"));
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, format!("/img/{name}"))],
+    )
+        .into_response()
+}
+
+// ---- fixtures ----
+
+/// A photo-like RGB image: smooth gradients plus deterministic noise, so JPEG has real work.
+pub fn photo(w: u32, h: u32) -> RgbImage {
+    let mut seed = 0x1234_5678u32;
+    RgbImage::from_fn(w, h, |x, y| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let n = (seed % 24) as i32 - 12;
+        let r = ((x * 255 / w.max(1)) as i32 + n).clamp(0, 255) as u8;
+        let g = ((y * 255 / h.max(1)) as i32 + n).clamp(0, 255) as u8;
+        let b = (((x + y) * 127 / (w + h).max(1)) as i32 + 64 + n).clamp(0, 255) as u8;
+        image::Rgb([r, g, b])
+    })
+}
+
+pub fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+pub fn jpeg(w: u32, h: u32, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+    DynamicImage::ImageRgb8(photo(w, h))
+        .write_with_encoder(enc)
+        .unwrap();
+    out
+}
+
+pub fn png(w: u32, h: u32) -> Vec<u8> {
+    encode(DynamicImage::ImageRgb8(photo(w, h)), ImageFormat::Png)
+}
+
+pub fn png_rgba(w: u32, h: u32) -> Vec<u8> {
+    let rgb = photo(w, h);
+    let rgba = RgbaImage::from_fn(w, h, |x, y| {
+        let p = rgb.get_pixel(x, y);
+        image::Rgba([p[0], p[1], p[2], if x < w / 2 { 0 } else { 255 }])
+    });
+    encode(DynamicImage::ImageRgba8(rgba), ImageFormat::Png)
+}
+
+pub fn webp(w: u32, h: u32) -> Vec<u8> {
+    encode(DynamicImage::ImageRgb8(photo(w, h)), ImageFormat::WebP)
+}
+
+pub fn gif(w: u32, h: u32) -> Vec<u8> {
+    encode(
+        DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(photo(w, h)).to_rgba8()),
+        ImageFormat::Gif,
+    )
+}
+
+/// A valid PNG header (signature + IHDR with a correct CRC) claiming huge dimensions.
+pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    out.extend_from_slice(&13u32.to_be_bytes());
+    out.extend_from_slice(&ihdr);
+    out.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

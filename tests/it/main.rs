@@ -1,0 +1,7 @@
+//! Integration tests over real HTTP: the service as `imgbatch serve` runs it, on SQLite and on
+//! Postgres (when TEST_POSTGRES_URL names a server).
+
+mod common;
+
+mod pipeline;
+mod upload;

@@ -1,0 +1,1 @@
+//! The background pipeline (issue 3).
