@@ -109,6 +109,22 @@ impl TestDb {
         c
     }
 
+    /// Runs a query that returns one integer, on whichever database this is. Used to check
+    /// stored state the API does not show (leases, recorded counts).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        if self.is_postgres() {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            let v: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            v
+        } else {
+            let pool = sqlx::SqlitePool::connect(&self.url).await.unwrap();
+            let v: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            v
+        }
+    }
+
     pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("images")
     }

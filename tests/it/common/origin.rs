@@ -36,6 +36,7 @@ impl Origin {
             .route("/flaky/{fails}/{name}", get(serve_flaky))
             .route("/slow/{name}", get(serve_slow))
             .route("/redirect/{name}", get(redirect))
+            .route("/delay/{ms}/{name}", get(serve_delayed))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -119,6 +120,16 @@ async fn serve_slow(State(s): State<OriginState>, Path(name): Path<String>) -> R
         .unwrap()
 }
 
+/// Serves the file after `ms` milliseconds.
+async fn serve_delayed(
+    State(s): State<OriginState>,
+    Path((ms, name)): Path<(u64, String)>,
+) -> Response {
+    hit(&s, format!("/delay/{ms}/{name}"));
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    file_response(&s, &name)
+}
+
 async fn redirect(State(s): State<OriginState>, Path(name): Path<String>) -> Response {
     hit(&s, format!("/redirect/{name}"));
     (
@@ -184,17 +195,15 @@ pub fn gif(w: u32, h: u32) -> Vec<u8> {
     )
 }
 
-/// A valid PNG header (signature + IHDR with a correct CRC) claiming huge dimensions.
+/// A real PNG whose header (IHDR, CRC fixed up) claims huge dimensions: a decompression bomb
+/// in miniature.
 pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    out.extend_from_slice(&13u32.to_be_bytes());
-    out.extend_from_slice(&ihdr);
-    out.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
+    let mut out = png(8, 8);
+    // Signature (8), IHDR length (4), "IHDR" (4), then width and height.
+    out[16..20].copy_from_slice(&w.to_be_bytes());
+    out[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&out[12..29]);
+    out[29..33].copy_from_slice(&crc.to_be_bytes());
     out
 }
 
