@@ -26,6 +26,8 @@ pub enum Command {
     Serve(Box<Config>),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Print the webhook signing secret (generating and storing it if there is none yet).
+    WebhookSecret(DatabaseArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -132,6 +134,9 @@ pub struct Limits {
     /// Time allowed for one whole image download.
     #[arg(long, env = "IMGBATCH_DOWNLOAD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub download_timeout: Duration,
+    /// Time allowed for one webhook delivery attempt.
+    #[arg(long, env = "IMGBATCH_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
     /// Most redirects followed for one image (each hop is checked again).
     #[arg(long, env = "IMGBATCH_MAX_REDIRECTS", default_value_t = 5)]
     pub max_redirects: usize,

@@ -16,6 +16,7 @@ pub mod report;
 pub mod storage;
 pub mod store;
 pub mod telemetry;
+pub mod webhook;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -66,17 +67,28 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .into();
     let storage = storage::Storage::open(&config.storage, &public_url)?;
     let wakeup = Wakeup::default();
+    let webhooks_due = Wakeup::default();
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
 
     let workers = if config.workers.workers > 0 {
         let fetcher = fetch::Fetcher::new(&config)?;
+        let signer = webhook::Signer::from_secret(&webhook_secret(&store, &config).await?)?;
+        let sender = webhook::Sender::new(
+            signer,
+            config.limits.webhook_timeout,
+            config.allow_private_networks,
+        )?;
         Some(WorkerPool::start(
             store.clone(),
             storage,
             fetcher,
+            sender,
             config.clone(),
-            wakeup.clone(),
+            worker::Wakeups {
+                jobs: wakeup.clone(),
+                webhooks: webhooks_due.clone(),
+            },
             shutdown.child_token(),
         ))
     } else {
@@ -88,6 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         keys: Arc::new(ApiKeys::new(&config.api_keys)),
         config,
         wakeup,
+        webhooks_due,
         public_url,
     };
     let app = api::router(state);
@@ -104,6 +117,22 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         http,
         workers,
     })
+}
+
+/// The webhook signing secret: the setting, else the one generated once and kept in the
+/// database (so every process and every restart signs alike).
+pub async fn webhook_secret(store: &Store, config: &Config) -> anyhow::Result<String> {
+    if let Some(s) = config
+        .webhook_secret
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        webhook::Signer::from_secret(s).context("IMGBATCH_WEBHOOK_SECRET is invalid")?;
+        return Ok(s.trim().to_string());
+    }
+    Ok(store
+        .setting_or_insert(webhook::SECRET_SETTING, &webhook::Signer::generate_secret())
+        .await?)
 }
 
 impl Server {

@@ -14,6 +14,7 @@ async fn main() -> std::process::ExitCode {
             telemetry::init(imgbatch::config::LogFormat::Text);
             migrate(&db.database_url).await
         }
+        Some(Command::WebhookSecret(db)) => webhook_secret(cli.serve, &db.database_url).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -39,6 +40,14 @@ async fn migrate(url: &str) -> anyhow::Result<()> {
     let store = Store::connect(url).await?;
     store.migrate().await?;
     tracing::info!(backend = store.backend(), "migrations applied");
+    Ok(())
+}
+
+async fn webhook_secret(mut config: imgbatch::Config, url: &str) -> anyhow::Result<()> {
+    config.db.database_url = url.to_string();
+    let store = Store::connect(url).await?;
+    store.migrate().await?;
+    println!("{}", imgbatch::webhook_secret(&store, &config).await?);
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::{RequestId, Status};
-use crate::store::{ImageRow, ProductRow, RequestDetail};
+use crate::store::{DeliveryState, ImageRow, ProductRow, RequestDetail, WebhookRow};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -16,9 +16,49 @@ pub struct StatusBody {
     /// Every output URL in CSV order; `null` where an image has no output (yet, or ever).
     pub output_image_urls: Vec<Option<String>>,
     pub products: Vec<ProductBody>,
-    pub webhook: Option<serde_json::Value>,
+    /// The webhook delivery; `null` when the request has no webhook target.
+    pub webhook: Option<WebhookBody>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookBody {
+    pub url: String,
+    /// `pending` until delivered or given up (`failed`); also `pending` while the request runs.
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl WebhookBody {
+    fn build(target: Option<&str>, row: Option<WebhookRow>) -> Option<Self> {
+        match row {
+            Some(w) => Some(WebhookBody {
+                url: w.url,
+                state: w.state,
+                attempts: w.attempts,
+                last_status_code: w.last_status_code,
+                last_error: w.last_error,
+                next_attempt_at: w.next_attempt_at,
+                delivered_at: w.delivered_at,
+            }),
+            // The request has a target but has not finished: nothing sent yet.
+            None => target.map(|url| WebhookBody {
+                url: url.to_string(),
+                state: DeliveryState::Pending,
+                attempts: 0,
+                last_status_code: None,
+                last_error: None,
+                next_attempt_at: None,
+                delivered_at: None,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -54,12 +94,14 @@ pub struct ImageBody {
 }
 
 impl StatusBody {
-    pub fn build(detail: RequestDetail, webhook: Option<serde_json::Value>) -> Self {
+    pub fn build(detail: RequestDetail) -> Self {
         let RequestDetail {
             request,
+            webhook,
             products,
             images,
         } = detail;
+        let webhook = WebhookBody::build(request.webhook_url.as_deref(), webhook);
         let output_image_urls = images.iter().map(|i| i.output_url.clone()).collect();
         let products = group(products, images)
             .map(|(p, imgs)| ProductBody {
@@ -182,6 +224,7 @@ mod tests {
             attempts: 1,
         };
         RequestDetail {
+            webhook: None,
             request: RequestRow {
                 id: RequestId::new(),
                 status: Status::Processing,
@@ -225,7 +268,7 @@ mod tests {
 
     #[test]
     fn status_body_keeps_csv_order_and_groups_images() {
-        let body = StatusBody::build(detail(), None);
+        let body = StatusBody::build(detail());
         assert_eq!(
             body.output_image_urls,
             vec![Some("http://o/1.jpg".into()), None, None]

@@ -5,6 +5,7 @@ mod health;
 mod output_csv;
 mod status;
 mod upload;
+mod webhook_retry;
 
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub keys: Arc<ApiKeys>,
     pub wakeup: Wakeup,
+    /// Wakes the webhook deliverer (a manual retry).
+    pub webhooks_due: Wakeup,
     /// Base of output image URLs, without a trailing slash.
     pub public_url: Arc<str>,
 }
@@ -47,6 +50,10 @@ pub fn router(state: AppState) -> Router {
             post(upload::upload).layer(DefaultBodyLimit::max(body_limit)),
         )
         .route("/status/{request_id}", get(status::status))
+        .route(
+            "/requests/{request_id}/webhook/retry",
+            post(webhook_retry::retry),
+        )
         .route(
             "/requests/{request_id}/output.csv",
             get(output_csv::output_csv),

@@ -18,5 +18,5 @@ pub async fn status(
         .request_detail(id, &owner.0)
         .await?
         .ok_or_else(ApiError::request_not_found)?;
-    Ok(Json(StatusBody::build(detail, None)))
+    Ok(Json(StatusBody::build(detail)))
 }

@@ -74,6 +74,15 @@ pub async fn upload(
         max_urls_per_product: limits.max_urls_per_product,
         max_url_len: limits.max_url_length,
     };
+    // The target is fixed at upload time, so a later change of the default does not redirect
+    // notifications of requests already accepted.
+    let webhook_url = webhook_url.or_else(|| {
+        state
+            .config
+            .webhook_url
+            .clone()
+            .filter(|u| !u.trim().is_empty())
+    });
     let upload = Upload {
         owner: owner.0,
         idempotency_key,

@@ -150,10 +150,97 @@ pub struct ImageRow {
     pub attempts: i64,
 }
 
+/// The state of a request's webhook delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "pending" => DeliveryState::Pending,
+            "delivered" => DeliveryState::Delivered,
+            "failed" => DeliveryState::Failed,
+            other => {
+                return Err(StoreError::Other(anyhow::anyhow!(
+                    "unknown delivery state {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookRow {
+    pub id: uuid::Uuid,
+    pub url: String,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A claimed webhook delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryJob {
+    pub id: uuid::Uuid,
+    pub request_id: RequestId,
+    pub owner: String,
+    pub url: String,
+    /// Attempts so far, this one included.
+    pub attempts: i64,
+    /// The body, once built; every retry sends the same bytes.
+    pub payload: Option<String>,
+    pub event_at: DateTime<Utc>,
+}
+
+/// One delivery attempt, as recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub at: DateTime<Utc>,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// What follows an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptNext {
+    Delivered,
+    Retry(DateTime<Utc>),
+    Failed,
+}
+
+/// The answer to a manual retry of a webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookRetry {
+    Queued,
+    /// The request has no webhook target, or has not finished yet.
+    NoDelivery,
+    /// Only failed deliveries can be sent again.
+    NotFailed(DeliveryState),
+}
+
 /// Everything the status endpoint shows, read in one consistent snapshot.
 #[derive(Debug, Clone)]
 pub struct RequestDetail {
     pub request: RequestRow,
+    /// The delivery, once the request has finished and has a webhook target.
+    pub webhook: Option<WebhookRow>,
     /// In CSV order.
     pub products: Vec<ProductRow>,
     /// In CSV order (product, then position).
@@ -308,6 +395,55 @@ impl Store {
     /// How many requests are stored (all owners).
     pub async fn count_requests(&self) -> StoreResult<i64> {
         dispatch!(self, s => s.count_requests().await)
+    }
+
+    /// Leases due webhook deliveries to `worker`.
+    pub async fn claim_deliveries(
+        &self,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<DeliveryJob>> {
+        dispatch!(self, s => s.claim_deliveries(worker, limit as i64, lease, Utc::now()).await)
+    }
+
+    /// Keeps the body of a delivery, so retries send the same bytes.
+    pub async fn set_delivery_payload(&self, id: uuid::Uuid, payload: &str) -> StoreResult<()> {
+        dispatch!(self, s => s.set_delivery_payload(id, payload).await)
+    }
+
+    /// Records one attempt and what follows it. False if the delivery was no longer ours.
+    pub async fn record_attempt(
+        &self,
+        job: &DeliveryJob,
+        worker: &str,
+        attempt: &AttemptRecord,
+        next: AttemptNext,
+    ) -> StoreResult<bool> {
+        dispatch!(self, s => s.record_attempt(job, worker, attempt, next).await)
+    }
+
+    /// Queues a failed delivery again, with a fresh schedule.
+    pub async fn retry_webhook(
+        &self,
+        id: RequestId,
+        owner: &str,
+    ) -> StoreResult<Option<WebhookRetry>> {
+        dispatch!(self, s => s.retry_webhook(id, owner, Utc::now()).await)
+    }
+
+    /// The recorded attempts of a request's delivery: (status code, error), oldest first.
+    pub async fn webhook_attempts(
+        &self,
+        id: RequestId,
+    ) -> StoreResult<Vec<(Option<i64>, Option<String>)>> {
+        dispatch!(self, s => s.webhook_attempts(id).await)
+    }
+
+    /// The stored value of a setting, storing `default` first if there is none yet. Used for
+    /// the webhook secret: generated once, the same for every process and every restart.
+    pub async fn setting_or_insert(&self, key: &str, default: &str) -> StoreResult<String> {
+        dispatch!(self, s => s.setting_or_insert(key, default).await)
     }
 
     /// Earliest time a pending job becomes runnable, to sleep exactly until then.

@@ -275,9 +275,37 @@ impl PgStore {
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
+        let webhook = sqlx::query(
+            "SELECT id, url, state, attempts, last_status_code, last_error, next_attempt_at, \
+             delivered_at FROM webhook_deliveries WHERE request_id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| -> StoreResult<WebhookRow> {
+            let state = DeliveryState::parse(r.try_get("state")?)?;
+            Ok(WebhookRow {
+                id: r.try_get("id")?,
+                url: r.try_get("url")?,
+                state,
+                attempts: r.try_get::<i32, _>("attempts")?.into(),
+                last_status_code: r
+                    .try_get::<Option<i32>, _>("last_status_code")?
+                    .map(i64::from),
+                last_error: r.try_get("last_error")?,
+                next_attempt_at: if state == DeliveryState::Pending {
+                    Some(r.try_get("next_attempt_at")?)
+                } else {
+                    None
+                },
+                delivered_at: r.try_get("delivered_at")?,
+            })
+        })
+        .transpose()?;
         tx.commit().await?;
         Ok(Some(RequestDetail {
             request,
+            webhook,
             products,
             images,
         }))
@@ -356,6 +384,13 @@ impl PgStore {
         .bind(worker)
         .execute(&self.pool)
         .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET locked_until = $1 WHERE locked_by = $2 AND state = 'pending'",
+        )
+        .bind(lease_until(now, lease))
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected())
     }
 
@@ -366,6 +401,13 @@ impl PgStore {
              WHERE locked_by = $2 AND status = 'processing'",
         )
         .bind(now)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = GREATEST(attempts - 1, 0), locked_by = NULL, \
+             locked_until = NULL WHERE locked_by = $1 AND state = 'pending'",
+        )
         .bind(worker)
         .execute(&self.pool)
         .await?;
@@ -382,6 +424,182 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
+    }
+
+    pub async fn claim_deliveries(
+        &self,
+        worker: &str,
+        limit: i64,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<DeliveryJob>> {
+        // A lapsed lease (its process died mid-attempt) makes a delivery claimable again.
+        let rows = sqlx::query(
+            "WITH picked AS ( \
+                SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $1 \
+                AND (locked_until IS NULL OR locked_until < $1) \
+                ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE webhook_deliveries d SET attempts = d.attempts + 1, locked_by = $3, \
+                locked_until = $4, updated_at = $1 \
+             FROM picked, requests r WHERE d.id = picked.id AND r.id = d.request_id \
+             RETURNING d.id, d.request_id, d.url, d.attempts, d.payload, d.event_at, r.owner",
+        )
+        .bind(now)
+        .bind(limit)
+        .bind(worker)
+        .bind(lease_until(now, lease))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeliveryJob {
+                    id: r.try_get("id")?,
+                    request_id: RequestId(r.try_get("request_id")?),
+                    owner: r.try_get("owner")?,
+                    url: r.try_get("url")?,
+                    attempts: r.try_get::<i32, _>("attempts")?.into(),
+                    payload: r.try_get("payload")?,
+                    event_at: r.try_get("event_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn set_delivery_payload(&self, id: Uuid, payload: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE webhook_deliveries SET payload = $1 WHERE id = $2 AND payload IS NULL")
+            .bind(payload)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn record_attempt(
+        &self,
+        job: &DeliveryJob,
+        worker: &str,
+        attempt: &AttemptRecord,
+        next: AttemptNext,
+    ) -> StoreResult<bool> {
+        let (state, next_at, delivered_at) = match next {
+            AttemptNext::Delivered => (DeliveryState::Delivered, attempt.at, Some(attempt.at)),
+            AttemptNext::Retry(at) => (DeliveryState::Pending, at, None),
+            AttemptNext::Failed => (DeliveryState::Failed, attempt.at, None),
+        };
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, delivered_at = $3, \
+             last_status_code = $4, last_error = $5, locked_by = NULL, locked_until = NULL, \
+             updated_at = $6 WHERE id = $7 AND locked_by = $8 AND state = 'pending'",
+        )
+        .bind(state.as_str())
+        .bind(next_at)
+        .bind(delivered_at)
+        .bind(attempt.status_code.map(i32::from))
+        .bind(&attempt.error)
+        .bind(attempt.at)
+        .bind(job.id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, error, duration_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(job.id)
+        .bind(attempt.at)
+        .bind(attempt.status_code.map(i32::from))
+        .bind(&attempt.error)
+        .bind(attempt.duration_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn retry_webhook(
+        &self,
+        id: RequestId,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<WebhookRetry>> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM requests WHERE id = $1 AND owner = $2")
+                .bind(id.0)
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM webhook_deliveries WHERE request_id = $1 FOR UPDATE",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(state) = state else {
+            return Ok(Some(WebhookRetry::NoDelivery));
+        };
+        let state = DeliveryState::parse(&state)?;
+        if state != DeliveryState::Failed {
+            return Ok(Some(WebhookRetry::NotFailed(state)));
+        }
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, \
+             updated_at = $1 WHERE request_id = $2",
+        )
+        .bind(now)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::worker::NOTIFY_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(WebhookRetry::Queued))
+    }
+
+    pub async fn webhook_attempts(
+        &self,
+        id: RequestId,
+    ) -> StoreResult<Vec<(Option<i64>, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT a.status_code, a.error FROM webhook_attempts a \
+             JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.request_id = $1 ORDER BY a.id",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<Option<i32>, _>(0)?.map(i64::from),
+                    r.try_get(1)?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn setting_or_insert(&self, key: &str, default: &str) -> StoreResult<String> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(default)
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn count_requests(&self) -> StoreResult<i64> {
@@ -526,7 +744,7 @@ impl PgStore {
         let row = sqlx::query(
             "UPDATE requests SET completed_images = completed_images + $1, \
              failed_images = failed_images + $2, updated_at = $3 WHERE id = $4 \
-             RETURNING total_images, completed_images, failed_images",
+             RETURNING total_images, completed_images, failed_images, webhook_url",
         )
         .bind(total.completed as i32)
         .bind(total.failed as i32)
@@ -540,12 +758,31 @@ impl PgStore {
             row.try_get::<i32, _>(2)?.into(),
             true,
         );
+        let webhook_url: Option<String> = row.try_get(3)?;
         let request_finished = if st.is_final() {
             sqlx::query("UPDATE requests SET status = $1 WHERE id = $2")
                 .bind(st.as_str())
                 .bind(job.request_id.0)
                 .execute(&mut *tx)
                 .await?;
+            // Queued in the same transaction as the final roll-up: never lost, never doubled.
+            if let Some(url) = webhook_url {
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (id, request_id, url, next_attempt_at, event_at, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $4, $4, $4) \
+                     ON CONFLICT (request_id) DO NOTHING",
+                )
+                .bind(Uuid::now_v7())
+                .bind(job.request_id.0)
+                .bind(url)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(crate::worker::NOTIFY_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             Some(st)
         } else {
             None

@@ -30,6 +30,11 @@ fn from_ms(v: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(v).unwrap_or_default()
 }
 
+fn parse_uuid(s: &str) -> Result<uuid::Uuid, StoreError> {
+    uuid::Uuid::parse_str(s)
+        .map_err(|_| StoreError::Other(anyhow::anyhow!("bad uuid {s:?} in database")))
+}
+
 fn parse_id(s: &str) -> Result<RequestId, StoreError> {
     RequestId::parse(s)
         .ok_or_else(|| StoreError::Other(anyhow::anyhow!("bad request id {s:?} in database")))
@@ -272,9 +277,33 @@ impl SqliteStore {
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
+        let webhook = sqlx::query(
+            "SELECT id, url, state, attempts, last_status_code, last_error, next_attempt_at, \
+             delivered_at FROM webhook_deliveries WHERE request_id = ?",
+        )
+        .bind(&key)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| -> StoreResult<WebhookRow> {
+            let state = DeliveryState::parse(r.try_get("state")?)?;
+            Ok(WebhookRow {
+                id: parse_uuid(r.try_get("id")?)?,
+                url: r.try_get("url")?,
+                state,
+                attempts: r.try_get("attempts")?,
+                last_status_code: r.try_get("last_status_code")?,
+                last_error: r.try_get("last_error")?,
+                next_attempt_at: (state == DeliveryState::Pending)
+                    .then(|| r.try_get("next_attempt_at").map(from_ms))
+                    .transpose()?,
+                delivered_at: r.try_get::<Option<i64>, _>("delivered_at")?.map(from_ms),
+            })
+        })
+        .transpose()?;
         tx.commit().await?;
         Ok(Some(RequestDetail {
             request,
+            webhook,
             products,
             images,
         }))
@@ -354,6 +383,11 @@ impl SqliteStore {
         .bind(worker)
         .execute(&self.write)
         .await?;
+        sqlx::query("UPDATE webhook_deliveries SET locked_until = ? WHERE locked_by = ? AND state = 'pending'")
+            .bind(ms(lease_until(now, lease)))
+            .bind(worker)
+            .execute(&self.write)
+            .await?;
         Ok(r.rows_affected())
     }
 
@@ -366,6 +400,13 @@ impl SqliteStore {
         )
         .bind(ms(now))
         .bind(ms(now))
+        .bind(worker)
+        .execute(&self.write)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = MAX(attempts - 1, 0), locked_by = NULL, \
+             locked_until = NULL WHERE locked_by = ? AND state = 'pending'",
+        )
         .bind(worker)
         .execute(&self.write)
         .await?;
@@ -384,6 +425,172 @@ impl SqliteStore {
         .execute(&self.write)
         .await?;
         Ok(r.rows_affected())
+    }
+
+    pub async fn claim_deliveries(
+        &self,
+        worker: &str,
+        limit: i64,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<DeliveryJob>> {
+        // A lapsed lease (its process died mid-attempt) makes a delivery claimable again.
+        let rows = sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, locked_by = ?, locked_until = ?, \
+             updated_at = ? \
+             WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' \
+                          AND next_attempt_at <= ? AND (locked_until IS NULL OR locked_until < ?) \
+                          ORDER BY next_attempt_at LIMIT ?) \
+             RETURNING id, request_id, url, attempts, payload, event_at, \
+               (SELECT owner FROM requests WHERE requests.id = webhook_deliveries.request_id) AS owner",
+        )
+        .bind(worker)
+        .bind(ms(lease_until(now, lease)))
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(limit)
+        .fetch_all(&self.write)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeliveryJob {
+                    id: parse_uuid(r.try_get("id")?)?,
+                    request_id: parse_id(r.try_get("request_id")?)?,
+                    owner: r.try_get("owner")?,
+                    url: r.try_get("url")?,
+                    attempts: r.try_get("attempts")?,
+                    payload: r.try_get("payload")?,
+                    event_at: from_ms(r.try_get("event_at")?),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn set_delivery_payload(&self, id: uuid::Uuid, payload: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE webhook_deliveries SET payload = ? WHERE id = ? AND payload IS NULL")
+            .bind(payload)
+            .bind(id.to_string())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn record_attempt(
+        &self,
+        job: &DeliveryJob,
+        worker: &str,
+        attempt: &AttemptRecord,
+        next: AttemptNext,
+    ) -> StoreResult<bool> {
+        let (state, next_at, delivered_at) = match next {
+            AttemptNext::Delivered => (DeliveryState::Delivered, attempt.at, Some(ms(attempt.at))),
+            AttemptNext::Retry(at) => (DeliveryState::Pending, at, None),
+            AttemptNext::Failed => (DeliveryState::Failed, attempt.at, None),
+        };
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query(
+            "UPDATE webhook_deliveries SET state = ?, next_attempt_at = ?, delivered_at = ?, \
+             last_status_code = ?, last_error = ?, locked_by = NULL, locked_until = NULL, updated_at = ? \
+             WHERE id = ? AND locked_by = ? AND state = 'pending'",
+        )
+        .bind(state.as_str())
+        .bind(ms(next_at))
+        .bind(delivered_at)
+        .bind(attempt.status_code.map(i64::from))
+        .bind(&attempt.error)
+        .bind(ms(attempt.at))
+        .bind(job.id.to_string())
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, error, duration_ms) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(job.id.to_string())
+        .bind(ms(attempt.at))
+        .bind(attempt.status_code.map(i64::from))
+        .bind(&attempt.error)
+        .bind(attempt.duration_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn retry_webhook(
+        &self,
+        id: RequestId,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<WebhookRetry>> {
+        let mut tx = self.write.begin().await?;
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM requests WHERE id = ? AND owner = ?")
+                .bind(id.to_string())
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM webhook_deliveries WHERE request_id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(state) = state else {
+            return Ok(Some(WebhookRetry::NoDelivery));
+        };
+        let state = DeliveryState::parse(&state)?;
+        if state != DeliveryState::Failed {
+            return Ok(Some(WebhookRetry::NotFailed(state)));
+        }
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, \
+             updated_at = ? WHERE request_id = ? AND state = 'failed'",
+        )
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(WebhookRetry::Queued))
+    }
+
+    pub async fn webhook_attempts(
+        &self,
+        id: RequestId,
+    ) -> StoreResult<Vec<(Option<i64>, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT a.status_code, a.error FROM webhook_attempts a \
+             JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.request_id = ? ORDER BY a.id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn setting_or_insert(&self, key: &str, default: &str) -> StoreResult<String> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(default)
+            .execute(&self.write)
+            .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_one(&self.write)
+                .await?,
+        )
     }
 
     pub async fn count_requests(&self) -> StoreResult<i64> {
@@ -518,7 +725,7 @@ impl SqliteStore {
         let row = sqlx::query(
             "UPDATE requests SET completed_images = completed_images + ?, \
              failed_images = failed_images + ?, updated_at = ? WHERE id = ? \
-             RETURNING total_images, completed_images, failed_images",
+             RETURNING total_images, completed_images, failed_images, webhook_url",
         )
         .bind(total.completed)
         .bind(total.failed)
@@ -527,12 +734,29 @@ impl SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let st = Status::roll_up(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, true);
+        let webhook_url: Option<String> = row.try_get(3)?;
         let request_finished = if st.is_final() {
             sqlx::query("UPDATE requests SET status = ? WHERE id = ?")
                 .bind(st.as_str())
                 .bind(job.request_id.to_string())
                 .execute(&mut *tx)
                 .await?;
+            // Queued in the same transaction as the final roll-up: never lost, never doubled.
+            if let Some(url) = webhook_url {
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (id, request_id, url, next_attempt_at, event_at, \
+                     created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(job.request_id.to_string())
+                .bind(url)
+                .bind(ms(now))
+                .bind(ms(now))
+                .bind(ms(now))
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+            }
             Some(st)
         } else {
             None

@@ -115,6 +115,7 @@ async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) {
                 }
                 if let Some(status) = s.request_finished {
                     tracing::info!(request_id = %job.request_id, %status, "request finished");
+                    ctx.webhooks_due.notify();
                 }
                 return;
             }

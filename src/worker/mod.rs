@@ -4,6 +4,7 @@
 
 mod job;
 mod retry;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,13 @@ impl Wakeup {
     }
 }
 
+/// The two wake-up signals: new image jobs, and webhook deliveries due.
+#[derive(Clone, Default)]
+pub struct Wakeups {
+    pub jobs: Wakeup,
+    pub webhooks: Wakeup,
+}
+
 /// Everything a job needs.
 pub(crate) struct Ctx {
     pub store: Store,
@@ -46,6 +54,8 @@ pub(crate) struct Ctx {
     pub cpu: Semaphore,
     /// This process's name in `locked_by`.
     pub worker_id: String,
+    /// Wakes the webhook deliverer when a request finishes.
+    pub webhooks_due: Wakeup,
 }
 
 pub struct WorkerPool {
@@ -61,10 +71,15 @@ impl WorkerPool {
         store: Store,
         storage: Storage,
         fetcher: Fetcher,
+        sender: crate::webhook::Sender,
         config: Arc<Config>,
-        wakeup: Wakeup,
+        wakeups: Wakeups,
         shutdown: CancellationToken,
     ) -> Self {
+        let Wakeups {
+            jobs: wakeup,
+            webhooks: webhooks_due,
+        } = wakeups;
         let worker_id = format!(
             "{}-{}-{}",
             hostname(),
@@ -79,12 +94,23 @@ impl WorkerPool {
             fetcher,
             config,
             worker_id,
+            webhooks_due,
         });
         let dispatcher = tokio::spawn(dispatch(ctx.clone(), wakeup.clone(), shutdown.clone()));
         let mut background = JoinSet::new();
         background.spawn(keep_leases(ctx.clone(), shutdown.clone()));
+        background.spawn(webhooks::deliver(
+            ctx.clone(),
+            sender,
+            ctx.webhooks_due.clone(),
+            shutdown.clone(),
+        ));
         if let crate::store::Store::Postgres(pg) = &ctx.store {
-            background.spawn(listen(pg.pool().clone(), wakeup, shutdown.clone()));
+            background.spawn(listen(
+                pg.pool().clone(),
+                vec![wakeup, ctx.webhooks_due.clone()],
+                shutdown.clone(),
+            ));
         }
         Self {
             shutdown,
@@ -244,7 +270,7 @@ async fn keep_leases(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 pub const NOTIFY_CHANNEL: &str = "imgbatch_jobs";
 
 /// Postgres only: wakes this process when another one stores new work.
-async fn listen(pool: sqlx::PgPool, wakeup: Wakeup, shutdown: CancellationToken) {
+async fn listen(pool: sqlx::PgPool, wakeups: Vec<Wakeup>, shutdown: CancellationToken) {
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -267,7 +293,7 @@ async fn listen(pool: sqlx::PgPool, wakeup: Wakeup, shutdown: CancellationToken)
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 n = listener.recv() => match n {
-                    Ok(_) => wakeup.notify(),
+                    Ok(_) => wakeups.iter().for_each(Wakeup::notify),
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
                         break;

@@ -212,3 +212,67 @@ db_test!(sigterm_exits_cleanly_and_releases_jobs, |db| {
     // After shutdown, the port no longer answers.
     assert!(app.http.get(app.url("/healthz")).send().await.is_err());
 });
+
+db_test!(
+    a_delivery_queued_before_a_sigkill_is_sent_after_the_restart,
+    |db| {
+        use crate::common::receiver::{Answer, Receiver};
+        let origin = Origin::start().await;
+        let url = origin.put("p.png", "image/png", origin::png(20, 10));
+        // The first attempt hangs: the process is killed while it is in flight, after the final
+        // roll-up queued the delivery.
+        let receiver = Receiver::start(|n| {
+            if n == 0 {
+                Answer::Hang(Duration::from_secs(60))
+            } else {
+                Answer::Status(200)
+            }
+        })
+        .await;
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let env = [
+            ("IMGBATCH_WEBHOOK_SECRET", secret),
+            ("IMGBATCH_WEBHOOK_RETRY_SCHEDULE", "100ms,100ms"),
+        ];
+        let (mut child, base) = spawn_binary(&db, &env);
+        let app = client_for(base);
+        wait_ready(&app).await;
+        let (code, body) = app
+            .upload_with(csv(&[("1", "A", &url)]), Some(&receiver.url), &[])
+            .await;
+        assert_eq!(code, 200);
+        let id = body["requestId"].as_str().unwrap().to_string();
+        receiver.wait_for(1, Duration::from_secs(20)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            db.scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'")
+                .await,
+            1
+        );
+
+        let (mut child, base) = spawn_binary(&db, &env);
+        let app = client_for(base);
+        wait_ready(&app).await;
+        let got = receiver.wait_for(2, Duration::from_secs(20)).await;
+        let start = Instant::now();
+        let status = loop {
+            let (_, s) = app.status(&id).await;
+            if s["webhook"]["state"] == "delivered" {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{s}");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(status["status"], "completed");
+        assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            receiver.deliveries().len(),
+            2,
+            "exactly one delivery after the restart"
+        );
+    }
+);

@@ -6,3 +6,4 @@ mod common;
 mod crash;
 mod pipeline;
 mod upload;
+mod webhooks;

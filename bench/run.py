@@ -1,0 +1,945 @@
+#!/usr/bin/env python3
+"""imgbatch benchmark harness: one command, one table.
+
+    python3 bench/run.py [--images DIR] [--quick] [--no-build] [--feature NAME] [--db sqlite,postgres]
+
+Builds the release binary, serves DIR from a local image origin, starts `imgbatch serve` against
+each database (a fresh SQLite file; Postgres when reachable) and measures throughput against a
+bare Pillow (libjpeg-turbo) loop, peak RSS, upload latency, status endpoint latency (wrk) and
+output size / PSNR against Pillow. Prints a markdown table and writes bench/results/latest.md.
+See bench/README.md for what each figure means and the bounds.
+
+Standard library plus Pillow, numpy and requests only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+try:
+    import numpy as np
+    import PIL
+    import requests
+    from PIL import Image, ImageOps
+    from PIL import features as pil_features
+except ImportError as e:  # pragma: no cover - environment problem
+    sys.exit(f"bench: missing Python package ({e}); run: pip install Pillow numpy requests")
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+DEFAULT_IMAGES = Path("/work/shared/bench-images")
+DEFAULT_PG = "postgres://postgres@127.0.0.1:5432/postgres"
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+FINAL = {"completed", "completed_with_errors", "failed"}
+CLASSES = {"s": "S", "m": "M", "l": "L", "x": "XL"}
+CLASS_ORDER = ["S", "M", "L", "XL", "?"]
+
+# Bounds (see bench/README.md).
+UPLOAD_LATENCY_BOUND_MS = 300.0
+STATUS_RPS_BOUND = 5000.0
+STATUS_P99_BOUND_MS = 20.0
+BYTES_RATIO_BOUND = 1.0
+PSNR_DELTA_BOUND_DB = -0.2
+
+QUALITY = 50
+
+
+class BenchError(Exception):
+    """A failure that ends the run with a clear message."""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def size_class(name: str) -> str:
+    return CLASSES.get(name[:1].lower(), "?")
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+class InputImage:
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = path.name
+        self.data = path.read_bytes()
+        with Image.open(io.BytesIO(self.data)) as im:
+            im = ImageOps.exif_transpose(im)
+            self.width, self.height = im.size
+            self.format = im.format or path.suffix.lstrip(".").upper()
+        self.pixels = self.width * self.height
+        self.klass = size_class(self.name)
+
+
+def load_images(folder: Path) -> list[InputImage]:
+    if not folder.is_dir():
+        raise BenchError(f"image folder {folder} does not exist")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    if not paths:
+        raise BenchError(f"no images in {folder}")
+    out = []
+    for p in paths:
+        try:
+            out.append(InputImage(p))
+        except Exception as e:  # noqa: BLE001 - report and skip unreadable files
+            log(f"skipping {p.name}: Pillow cannot read it ({e})")
+    if not out:
+        raise BenchError(f"no readable images in {folder}")
+    return out
+
+
+def flatten(im: Image.Image) -> Image.Image:
+    """EXIF-transpose, then RGB with any transparency composited onto white."""
+    im = ImageOps.exif_transpose(im)
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        bg.alpha_composite(rgba)
+        return bg.convert("RGB")
+    return im.convert("RGB")
+
+
+def pillow_encode(data: bytes) -> tuple[int, bytes]:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        rgb = flatten(im)
+    buf = io.BytesIO()
+    rgb.save(buf, "JPEG", quality=QUALITY, optimize=True)
+    return rgb.width * rgb.height, buf.getvalue()
+
+
+# --- multiprocessing reference: files are read into memory before the pool forks -------------
+_REF_FILES: list[bytes] = []
+
+
+def _ref_noop(_: int) -> int:
+    return 0
+
+
+def _ref_work(i: int) -> tuple[int, int]:
+    pixels, out = pillow_encode(_REF_FILES[i])
+    return pixels, len(out)
+
+
+def pillow_reference(images: list[InputImage], reps: int) -> dict:
+    """Decode + flatten + encode q50 optimize=True for the same multiset, one process per core."""
+    global _REF_FILES
+    _REF_FILES = [img.data for img in images]  # inherited by the forked workers (not timed)
+    tasks = [i for _ in range(reps) for i in range(len(images))]
+    procs = os.cpu_count() or 1
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(procs) as pool:
+        pool.map(_ref_noop, range(procs * 4))  # make sure every worker exists before timing
+        t0 = time.perf_counter()
+        results = list(pool.imap_unordered(_ref_work, tasks, chunksize=1))
+        wall = time.perf_counter() - t0
+    pixels = sum(p for p, _ in results)
+    return {
+        "images": len(tasks),
+        "mp": pixels / 1e6,
+        "wall": wall,
+        "mps": pixels / 1e6 / wall,
+        "ips": len(tasks) / wall,
+        "procs": procs,
+    }
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        raise BenchError(f"PSNR of differently shaped images {a.shape} vs {b.shape}")
+    d = a.astype(np.int32) - b.astype(np.int32)
+    mse = float(np.square(d, dtype=np.int64).sum()) / d.size
+    if mse == 0:
+        return float("inf")
+    return 10.0 * math.log10(255.0 * 255.0 / mse)
+
+
+# --------------------------------------------------------------------------------------------
+# Image origin
+# --------------------------------------------------------------------------------------------
+
+
+class Origin:
+    """ThreadingHTTPServer on 127.0.0.1 serving the images (from memory; query strings ignored)."""
+
+    def __init__(self, images: list[InputImage]):
+        files = {"/" + img.name: img.data for img in images}
+        ctypes = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
+                  ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp",
+                  ".tif": "image/tiff", ".tiff": "image/tiff"}
+        counter = collections.Counter()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self, body: bool) -> None:
+                path = self.path.split("?", 1)[0]
+                data = files.get(path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                counter["requests"] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", ctypes.get(Path(path).suffix.lower(),
+                                                            "application/octet-stream"))
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802
+                self._serve(True)
+
+            def do_HEAD(self):  # noqa: N802
+                self._serve(False)
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.counter = counter
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def url(self, name: str, query: str = "") -> str:
+        return f"{self.base}/{name}" + (f"?{query}" if query else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Databases
+# --------------------------------------------------------------------------------------------
+
+
+def postgres_reachable(pg_url: str) -> tuple[bool, str]:
+    if not shutil.which("psql"):
+        return False, "psql not installed"
+    try:
+        r = subprocess.run(["psql", pg_url, "-Atc", "select 1"], capture_output=True,
+                           text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return False, "psql timed out"
+    if r.returncode != 0 or r.stdout.strip() != "1":
+        return False, (r.stderr.strip().splitlines() or ["psql failed"])[-1]
+    return True, ""
+
+
+def pg_db_url(pg_url: str, dbname: str) -> str:
+    base, _, _ = pg_url.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, tmp: Path, pg_url: str):
+    """Yields a DATABASE_URL of an empty database; drops / removes it afterwards."""
+    if kind == "sqlite":
+        d = Path(tempfile.mkdtemp(prefix="db-", dir=tmp))
+        try:
+            yield f"sqlite://{d}/db.sqlite"
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        return
+    name = f"imgbatch_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    r = subprocess.run(["psql", pg_url, "-v", "ON_ERROR_STOP=1", "-qc", f'create database "{name}"'],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise BenchError(f"cannot create Postgres database {name}: {r.stderr.strip()}")
+    try:
+        yield pg_db_url(pg_url, name)
+    finally:
+        r = subprocess.run(["psql", pg_url, "-qc", f'drop database if exists "{name}" with (force)'],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            log(f"warning: could not drop Postgres database {name}: {r.stderr.strip()}")
+
+
+# --------------------------------------------------------------------------------------------
+# The service
+# --------------------------------------------------------------------------------------------
+
+
+class Service:
+    def __init__(self, binary: Path, database_url: str, tmp: Path, extra_env: dict | None = None,
+                 label: str = "imgbatch"):
+        self.binary = binary
+        self.label = label
+        self.storage = Path(tempfile.mkdtemp(prefix="storage-", dir=tmp))
+        self.log_path = tmp / f"{label}-{uuid.uuid4().hex[:6]}.log"
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": database_url,
+            "IMGBATCH_BIND": "127.0.0.1:0",  # the kernel picks a free port; read it from the log
+            "IMGBATCH_STORAGE": str(self.storage),
+            "IMGBATCH_ALLOW_PRIVATE_NETWORKS": "true",
+            "IMGBATCH_MAX_ROWS": "20000",
+            "IMGBATCH_LOG_FORMAT": "json",
+            "IMGBATCH_QUALITY": str(QUALITY),
+        })
+        env.pop("IMGBATCH_API_KEYS", None)
+        env.pop("IMGBATCH_PUBLIC_URL", None)
+        env.update(extra_env or {})
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.base = ""
+        self.session = requests.Session()
+        self.rss_max_kb = 0
+
+    def __enter__(self):
+        self._logf = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([str(self.binary), "serve"], env=self.env, stdout=self._logf,
+                                     stderr=subprocess.STDOUT, cwd=str(self.storage.parent))
+        try:
+            self._wait_ready(timeout=60)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        shutil.rmtree(self.storage, ignore_errors=True)
+
+    def tail(self, n: int = 25) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(lines[-n:])
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(f"{self.label} exited early with code {self.proc.returncode}; "
+                             f"last log lines:\n{self.tail()}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        addr = None
+        while addr is None:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.label} did not log its address within {timeout:.0f}s; "
+                                 f"last log lines:\n{self.tail()}")
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                a = rec.get("address") or (rec.get("fields") or {}).get("address")
+                if a:
+                    addr = a
+                    break
+            else:
+                time.sleep(0.05)
+        self.base = f"http://{addr}"
+        while True:
+            self.check_alive()
+            try:
+                if self.session.get(self.base + "/readyz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.label} not ready within {timeout:.0f}s; last log lines:\n"
+                                 f"{self.tail()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 40) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{self.label} ignored SIGTERM for {timeout:.0f}s; killing it")
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            if self.proc.returncode not in (0, -signal.SIGTERM):
+                log(f"warning: {self.label} exited with code {self.proc.returncode} after SIGTERM;"
+                    f" last log lines:\n{self.tail(10)}")
+        self._logf.close()
+        self.session.close()
+        self.proc = None
+
+    # --- /proc ---
+    def proc_status_kb(self, key: str) -> int:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 0
+
+    def sample_rss(self) -> None:
+        self.rss_max_kb = max(self.rss_max_kb, self.proc_status_kb("VmRSS"))
+
+    # --- API ---
+    def upload(self, body: bytes, content_type: str, timeout: float = 120) -> tuple[str, float]:
+        self.check_alive()
+        t0 = time.perf_counter()
+        r = requests.post(self.base + "/api/upload", data=body,
+                          headers={"Content-Type": content_type}, timeout=timeout)
+        elapsed = time.perf_counter() - t0
+        if r.status_code != 200:
+            raise BenchError(f"upload answered {r.status_code}: {r.text[:500]}")
+        return r.json()["requestId"], elapsed
+
+    def status(self, request_id: str, timeout: float = 30) -> dict:
+        r = self.session.get(f"{self.base}/api/status/{request_id}", timeout=timeout)
+        if r.status_code != 200:
+            raise BenchError(f"status answered {r.status_code}: {r.text[:500]}")
+        return r.json()
+
+    def wait_settled(self, request_id: str, timeout: float, interval: float = 0.1,
+                     on_poll=None) -> dict:
+        deadline = time.monotonic() + timeout
+        last_log = time.monotonic()
+        while True:
+            self.check_alive()
+            self.sample_rss()
+            body = self.status(request_id)
+            if body.get("status") in FINAL:
+                return body
+            now = time.monotonic()
+            if on_poll:
+                on_poll(body)
+            if now - last_log > 10:
+                p = body.get("progress", {})
+                log(f"  … {p.get('completedImages')}/{p.get('totalImages')} done, "
+                    f"{p.get('failedImages')} failed")
+                last_log = now
+            if now > deadline:
+                p = body.get("progress", {})
+                raise BenchError(f"request {request_id} not settled after {timeout:.0f}s "
+                                 f"(status {body.get('status')}, progress {p}); last log lines:\n"
+                                 f"{self.tail()}")
+            time.sleep(interval)
+
+
+def multipart_csv(csv_text: str) -> tuple[bytes, str]:
+    boundary = "----imgbatchbench" + uuid.uuid4().hex
+    body = (f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="bench.csv"\r\n'
+            "Content-Type: text/csv\r\n\r\n").encode() + csv_text.encode() + \
+        f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def csv_text(rows: list[tuple[str, list[str]]]) -> str:
+    lines = ["S. No.,Product Name,Input Image Urls"]
+    for i, (name, urls) in enumerate(rows, 1):
+        lines.append(f'{i},{name},"{", ".join(urls)}"')
+    return "\n".join(lines) + "\n"
+
+
+def failed_images(body: dict) -> list[str]:
+    out = []
+    for p in body.get("products", []):
+        for im in p.get("images", []):
+            if im.get("status") == "failed" or im.get("error"):
+                out.append(f"{im.get('inputImageUrl')}: {im.get('error')}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+
+
+def measure_throughput(svc: Service, origin: Origin, images: list[InputImage], reps: int,
+                       timeout: float) -> tuple[dict, dict]:
+    rows = []
+    for r in range(1, reps + 1):
+        for img in images:
+            rows.append((f"bench r{r} {img.name}", [origin.url(img.name, f"r={r}")]))
+    body, ctype = multipart_csv(csv_text(rows))
+    total_pixels = sum(img.pixels for img in images) * reps
+    n = len(images) * reps
+    log(f"throughput: {n} images, {total_pixels / 1e6:.0f} MP")
+    t0 = time.perf_counter()
+    rid, _ = svc.upload(body, ctype)
+    final = svc.wait_settled(rid, timeout=timeout)
+    wall = time.perf_counter() - t0
+    svc.sample_rss()
+    hwm = svc.proc_status_kb("VmHWM")
+    fails = failed_images(final)
+    return {
+        "request_id": rid,
+        "images": n,
+        "mp": total_pixels / 1e6,
+        "wall": wall,
+        "ips": n / wall,
+        "mps": total_pixels / 1e6 / wall,
+        "status": final.get("status"),
+        "failed": fails,
+        "hwm_mb": hwm / 1024,
+        "rss_max_mb": svc.rss_max_kb / 1024,
+    }, final
+
+
+def measure_size_quality(svc: Service, origin: Origin, images: list[InputImage], final: dict,
+                         pillow_cache: dict) -> dict:
+    """Compare the service's output of each distinct input (first repetition) with Pillow's."""
+    by_input = {}
+    for p in final.get("products", []):
+        for im in p.get("images", []):
+            by_input[im.get("inputImageUrl")] = im
+    per_image = []
+    for img in images:
+        entry = by_input.get(origin.url(img.name, "r=1"))
+        if not entry or not entry.get("outputImageUrl"):
+            per_image.append({"name": img.name, "klass": img.klass, "error":
+                              (entry or {}).get("error") or "no output"})
+            continue
+        r = svc.session.get(entry["outputImageUrl"], timeout=60)
+        if r.status_code != 200:
+            per_image.append({"name": img.name, "klass": img.klass,
+                              "error": f"output download answered {r.status_code}"})
+            continue
+        svc_bytes = r.content
+        if img.name not in pillow_cache:
+            with Image.open(io.BytesIO(img.data)) as im:
+                im.load()
+                ref_pixels = np.asarray(flatten(im))
+            _, pil_bytes = pillow_encode(img.data)
+            with Image.open(io.BytesIO(pil_bytes)) as im:
+                pil_psnr = psnr(ref_pixels, np.asarray(im.convert("RGB")))
+            pillow_cache[img.name] = (ref_pixels, len(pil_bytes), pil_psnr)
+        ref_pixels, pil_len, pil_psnr = pillow_cache[img.name]
+        try:
+            with Image.open(io.BytesIO(svc_bytes)) as im:
+                fmt = im.format
+                svc_pixels = np.asarray(im.convert("RGB"))
+        except Exception as e:  # noqa: BLE001
+            per_image.append({"name": img.name, "klass": img.klass,
+                              "error": f"output is not decodable by Pillow: {e}"})
+            continue
+        if svc_pixels.shape != ref_pixels.shape:
+            per_image.append({"name": img.name, "klass": img.klass, "error":
+                              f"output is {svc_pixels.shape[1]}x{svc_pixels.shape[0]}, input "
+                              f"{ref_pixels.shape[1]}x{ref_pixels.shape[0]}"})
+            continue
+        svc_psnr = psnr(ref_pixels, svc_pixels)
+        per_image.append({
+            "name": img.name, "klass": img.klass, "mp": img.pixels / 1e6, "format": fmt,
+            "svc_bytes": len(svc_bytes), "pil_bytes": pil_len,
+            "ratio": len(svc_bytes) / pil_len,
+            "svc_psnr": svc_psnr, "pil_psnr": pil_psnr, "dpsnr": svc_psnr - pil_psnr,
+        })
+    ok = [x for x in per_image if "error" not in x]
+    return {
+        "per_image": per_image,
+        "ok": len(ok),
+        "errors": [f"{x['name']}: {x['error']}" for x in per_image if "error" in x],
+        "ratio": statistics.fmean(x["ratio"] for x in ok) if ok else float("nan"),
+        "dpsnr": statistics.fmean(x["dpsnr"] for x in ok) if ok else float("nan"),
+        "svc_psnr": statistics.fmean(x["svc_psnr"] for x in ok) if ok else float("nan"),
+        "pil_psnr": statistics.fmean(x["pil_psnr"] for x in ok) if ok else float("nan"),
+        "worst_ratio": max(ok, key=lambda x: x["ratio"]) if ok else None,
+        "worst_dpsnr": min(ok, key=lambda x: x["dpsnr"]) if ok else None,
+    }
+
+
+def parse_wrk_duration_ms(s: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", s.strip())
+    if not m:
+        raise ValueError(s)
+    v, unit = float(m.group(1)), m.group(2)
+    return v * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def measure_status(svc: Service, origin: Origin, images: list[InputImage], timeout: float,
+                   wrk_seconds: int) -> dict:
+    small = sorted(images, key=lambda i: i.pixels)[:6]
+    rows = []
+    k = 0
+    for p in range(1, 101):
+        urls = []
+        for _ in range(3):
+            img = small[k % len(small)]
+            urls.append(origin.url(img.name, f"s={k}"))
+            k += 1
+        rows.append((f"status product {p}", urls))
+    body, ctype = multipart_csv(csv_text(rows))
+    rid, _ = svc.upload(body, ctype)
+    final = svc.wait_settled(rid, timeout=timeout)
+    url = f"{svc.base}/api/status/{rid}"
+    size = len(svc.session.get(url, timeout=30).content)
+    res = {"request_id": rid, "settled": final.get("status"), "body_bytes": size,
+           "failed": failed_images(final)}
+    if not shutil.which("wrk"):
+        res["missing"] = "wrk not installed (apt-get install -y wrk)"
+        return res
+    cmd = ["wrk", "-t2", "-c32", f"-d{wrk_seconds}s", "--latency", url]
+    log("status: " + " ".join(cmd))
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=wrk_seconds + 60)
+    except subprocess.TimeoutExpired:
+        res["missing"] = "wrk timed out"
+        return res
+    svc.check_alive()
+    out = r.stdout
+    res["raw"] = out
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M)
+    p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M)
+    if r.returncode != 0 or not m or not p99:
+        res["missing"] = f"could not parse wrk output (exit {r.returncode}): {out[-300:]}"
+        return res
+    res["rps"] = float(m.group(1))
+    res["p99_ms"] = parse_wrk_duration_ms(p99.group(1))
+    res["p50_ms"] = parse_wrk_duration_ms(p50.group(1)) if p50 else float("nan")
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non2xx"] = int(non2xx.group(1)) if non2xx else 0
+    sock = re.search(r"Socket errors:(.*)", out)
+    res["socket_errors"] = sock.group(1).strip() if sock else ""
+    return res
+
+
+def measure_upload_latency(svc: Service, origin: Origin, images: list[InputImage],
+                           reps: int = 5) -> dict:
+    rows = []
+    k = 0
+    for p in range(1, 10_001):
+        urls = []
+        for _ in range(3):
+            urls.append(origin.url(images[k % len(images)].name, f"u={k}"))
+            k += 1
+        rows.append((f"latency product {p}", urls))
+    body, ctype = multipart_csv(csv_text(rows))
+    log(f"upload latency: 10000 rows x 3 URLs, {len(body) / 1e6:.1f} MB, 1 warm-up + {reps} timed")
+    svc.upload(body, ctype)  # warm-up, not timed
+    times = []
+    for _ in range(reps):
+        _, t = svc.upload(body, ctype)
+        times.append(t * 1000)
+    return {"times_ms": times, "median_ms": statistics.median(times), "max_ms": max(times),
+            "body_mb": len(body) / 1e6}
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("PASS" if ok else "**FAIL**")
+
+
+def fmt(x: float, nd: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:,.{nd}f}"
+
+
+def build_report(meta: dict, results: list[dict], skipped: list[str]) -> str:
+    L = []
+    L.append("# imgbatch benchmark")
+    L.append("")
+    L.append(f"{meta['when']} · {meta['mode']} · {meta['host']} · "
+             f"{meta['images']} images ({meta['set_mp']:.1f} MP a set) from `{meta['dir']}` · "
+             f"Pillow {meta['pillow']} (libjpeg-turbo {meta['turbo']}) · build: {meta['build']}")
+    L.append("")
+    L.append("| figure | db | value | reference | ratio | bound | result |")
+    L.append("|---|---|---|---|---|---|---|")
+    for res in results:
+        db = res["db"]
+        if "error" in res:
+            L.append(f"| run | {db} | error: {res['error'].splitlines()[0][:200]} | | | | **FAIL** |")
+        tp, ref = res.get("throughput"), res.get("reference")
+        if tp:
+            ratio = tp["mps"] / ref["mps"] if ref else None
+            errs = len(tp["failed"])
+            note = f", **{errs} failed**" if errs else ""
+            L.append(f"| throughput, MP/s ({tp['images']} images, {tp['mp']:.0f} MP, "
+                     f"{tp['wall']:.1f} s{note}) | {db} | {fmt(tp['mps'])} | "
+                     f"{'Pillow ×' + str(ref['procs']) + ' procs ' + fmt(ref['mps']) if ref else 'n/a'}"
+                     f" | {fmt(ratio, 2) if ratio else 'n/a'} | info (no bound) | "
+                     f"{verdict(False) if errs or tp['status'] != 'completed' else '—'} |")
+            L.append(f"| throughput, images/s | {db} | {fmt(tp['ips'])} | "
+                     f"{fmt(ref['ips']) if ref else 'n/a'} | "
+                     f"{fmt(tp['ips'] / ref['ips'], 2) if ref else 'n/a'} | info | — |")
+            L.append(f"| peak RSS, MB (VmHWM; max sampled VmRSS) | {db} | {fmt(tp['hwm_mb'], 0)}"
+                     f" ({fmt(tp['rss_max_mb'], 0)}) | — | — | info | — |")
+        up = res.get("upload")
+        if up:
+            L.append(f"| upload latency, ms (10,000 rows × 3 URLs, {up['body_mb']:.1f} MB; "
+                     f"median / max of {len(up['times_ms'])}) | {db} | {fmt(up['median_ms'], 0)} / "
+                     f"{fmt(up['max_ms'], 0)} | — | — | max ≤ {UPLOAD_LATENCY_BOUND_MS:.0f} | "
+                     f"{verdict(up['max_ms'] <= UPLOAD_LATENCY_BOUND_MS)} |")
+        st = res.get("status")
+        if st:
+            if "missing" in st:
+                L.append(f"| status, req/s and p99 (wrk -t2 -c32) | {db} | {st['missing']} | | | "
+                         f"≥ {STATUS_RPS_BOUND:.0f}; ≤ {STATUS_P99_BOUND_MS:.0f} ms | — |")
+            else:
+                errs = ""
+                if st["non2xx"] or st["socket_errors"]:
+                    errs = f"; non-2xx {st['non2xx']}, socket errors {st['socket_errors'] or 0}"
+                ok_extra = not st["non2xx"]
+                L.append(f"| status, req/s (wrk -t2 -c32 -d{meta['wrk_s']}s; 100 products × 3 "
+                         f"images, body {st['body_bytes'] / 1024:.0f} KiB{errs}) | {db} | "
+                         f"{fmt(st['rps'], 0)} | — | — | ≥ {STATUS_RPS_BOUND:.0f} | "
+                         f"{verdict(st['rps'] >= STATUS_RPS_BOUND and ok_extra)} |")
+                L.append(f"| status, p99 latency, ms (p50 {fmt(st['p50_ms'], 2)}) | {db} | "
+                         f"{fmt(st['p99_ms'], 2)} | — | — | ≤ {STATUS_P99_BOUND_MS:.0f} | "
+                         f"{verdict(st['p99_ms'] <= STATUS_P99_BOUND_MS)} |")
+        sq = res.get("size")
+        if sq:
+            errs = f"; **{len(sq['errors'])} errors**" if sq["errors"] else ""
+            ok_all = not sq["errors"]
+            w = sq["worst_ratio"]
+            L.append(f"| output bytes, mean of per-image service/Pillow (q{QUALITY} optimize=True; "
+                     f"{sq['ok']} images{errs}; worst {w['name'] if w else '-'} "
+                     f"{fmt(w['ratio'], 3) if w else ''}) | {db} | {fmt(sq['ratio'], 3)} | 1.000 | "
+                     f"{fmt(sq['ratio'], 3)} | ≤ {BYTES_RATIO_BOUND:.1f} | "
+                     f"{verdict(sq['ratio'] <= BYTES_RATIO_BOUND and ok_all)} |")
+            w = sq["worst_dpsnr"]
+            L.append(f"| PSNR vs input, dB, mean service − Pillow (service {fmt(sq['svc_psnr'], 2)},"
+                     f" Pillow {fmt(sq['pil_psnr'], 2)}; worst {w['name'] if w else '-'} "
+                     f"{fmt(w['dpsnr'], 2) if w else ''}) | {db} | {fmt(sq['dpsnr'], 2)} | 0.00 | — "
+                     f"| ≥ {PSNR_DELTA_BOUND_DB:.1f} | "
+                     f"{verdict(sq['dpsnr'] >= PSNR_DELTA_BOUND_DB and ok_all)} |")
+    for s in skipped:
+        L.append(f"| run | {s} | | | | | — |")
+    L.append("")
+    # Per-class breakdown from the first database that produced size figures.
+    sq_res = next((r for r in results if r.get("size")), None)
+    if sq_res:
+        per = [x for x in sq_res["size"]["per_image"] if "error" not in x]
+        L.append(f"Size and quality by class ({sq_res['db']}; throughput-independent):")
+        L.append("")
+        L.append("| class | images | MP each | service KB | Pillow KB | bytes ratio (mean) | "
+                 "service PSNR | Pillow PSNR | ΔPSNR dB | bound met |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        for c in CLASS_ORDER:
+            xs = [x for x in per if x["klass"] == c]
+            if not xs:
+                continue
+            ratio = statistics.fmean(x["ratio"] for x in xs)
+            d = statistics.fmean(x["dpsnr"] for x in xs)
+            L.append(f"| {c} | {len(xs)} | {statistics.fmean(x['mp'] for x in xs):.2f} | "
+                     f"{sum(x['svc_bytes'] for x in xs) / 1024:,.0f} | "
+                     f"{sum(x['pil_bytes'] for x in xs) / 1024:,.0f} | {ratio:.3f} | "
+                     f"{statistics.fmean(x['svc_psnr'] for x in xs):.2f} | "
+                     f"{statistics.fmean(x['pil_psnr'] for x in xs):.2f} | {d:+.2f} | "
+                     f"{'yes' if ratio <= BYTES_RATIO_BOUND and d >= PSNR_DELTA_BOUND_DB else 'no'} |")
+        L.append("")
+        fmts = collections.defaultdict(list)
+        for x in per:
+            fmts[Path(x["name"]).suffix.lower().lstrip(".").replace("jpeg", "jpg")].append(x)
+        L.append("By input format: " + "; ".join(
+            f"{k} ({len(v)}): bytes {statistics.fmean(x['ratio'] for x in v):.3f}, "
+            f"ΔPSNR {statistics.fmean(x['dpsnr'] for x in v):+.2f} dB" for k, v in sorted(fmts.items())))
+        L.append("")
+    notes = []
+    for res in results:
+        tp = res.get("throughput")
+        if tp and tp["failed"]:
+            notes.append(f"{res['db']}: failed images: " + "; ".join(tp["failed"][:5]))
+        sq = res.get("size")
+        if sq and sq["errors"]:
+            notes.append(f"{res['db']}: size/quality errors: " + "; ".join(sq["errors"][:5]))
+        if "error" in res:
+            notes.append(f"{res['db']}: {res['error']}")
+    if notes:
+        L.append("Problems:")
+        L.append("")
+        L.extend(f"- {n}" for n in notes)
+        L.append("")
+    return "\n".join(L)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def build(features: list[str]) -> Path:
+    cmd = ["cargo", "build", "--release"]
+    if features:
+        cmd += ["--features", ",".join(features)]
+    log("building: " + " ".join(cmd))
+    try:
+        r = subprocess.run(cmd, cwd=REPO, timeout=3600)
+    except subprocess.TimeoutExpired:
+        raise BenchError("cargo build timed out after an hour") from None
+    if r.returncode != 0:
+        raise BenchError(f"cargo build failed (exit {r.returncode})")
+    return binary_path()
+
+
+def binary_path() -> Path:
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    return target / "release" / "imgbatch"
+
+
+def run_database(kind: str, args, binary: Path, tmp: Path, origin: Origin,
+                 images: list[InputImage], reps: int, pillow_cache: dict) -> dict:
+    res: dict = {"db": kind}
+    set_mp = sum(i.pixels for i in images) / 1e6
+    try:
+        with fresh_database(kind, tmp, args.pg_url) as db_url:
+            log(f"[{kind}] starting service (workers on)")
+            with Service(binary, db_url, tmp, label=f"imgbatch-{kind}") as svc:
+                log(f"[{kind}] service at {svc.base}")
+                # Generous: 1 MP/s would be pathological.
+                tp_timeout = max(120.0, set_mp * reps / 1.0)
+                tp, final = measure_throughput(svc, origin, images, reps, tp_timeout)
+                res["throughput"] = tp
+                log(f"[{kind}] service: {tp['mps']:.1f} MP/s, {tp['ips']:.1f} images/s, "
+                    f"{tp['wall']:.1f} s, status {tp['status']}, VmHWM {tp['hwm_mb']:.0f} MB")
+                log(f"[{kind}] reference: Pillow, {os.cpu_count()} processes")
+                ref = pillow_reference(images, reps)
+                res["reference"] = ref
+                log(f"[{kind}] reference: {ref['mps']:.1f} MP/s, {ref['wall']:.1f} s")
+                log(f"[{kind}] size and quality")
+                res["size"] = measure_size_quality(svc, origin, images, final, pillow_cache)
+                log(f"[{kind}] bytes ratio {res['size']['ratio']:.3f}, "
+                    f"ΔPSNR {res['size']['dpsnr']:+.2f} dB")
+                log(f"[{kind}] status endpoint")
+                res["status"] = measure_status(svc, origin, images, timeout=300,
+                                               wrk_seconds=args.wrk_seconds)
+                st = res["status"]
+                if "rps" in st:
+                    log(f"[{kind}] status: {st['rps']:.0f} req/s, p99 {st['p99_ms']:.2f} ms")
+        with fresh_database(kind, tmp, args.pg_url) as db_url:
+            log(f"[{kind}] starting service with IMGBATCH_WORKERS=0 for upload latency")
+            with Service(binary, db_url, tmp, extra_env={"IMGBATCH_WORKERS": "0"},
+                         label=f"imgbatch-{kind}-api") as svc:
+                res["upload"] = measure_upload_latency(svc, origin, images)
+                up = res["upload"]
+                log(f"[{kind}] upload: median {up['median_ms']:.0f} ms, max {up['max_ms']:.0f} ms")
+    except BenchError as e:
+        log(f"[{kind}] ERROR: {e}")
+        res["error"] = str(e)
+    return res
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _sigterm)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="image folder")
+    ap.add_argument("--quick", action="store_true", help="~60 MP throughput run, 5 s wrk")
+    ap.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    ap.add_argument("--feature", action="append", default=[],
+                    help="pass --features NAME to cargo build (repeatable)")
+    ap.add_argument("--db", default="sqlite,postgres",
+                    help="databases to run, comma-separated (default: sqlite,postgres)")
+    ap.add_argument("--pg-url", default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_PG),
+                    help=f"Postgres admin URL (default {DEFAULT_PG})")
+    ap.add_argument("--target-mp", type=float, default=None,
+                    help="megapixels for the throughput run (default 300, --quick 60)")
+    ap.add_argument("--wrk-seconds", type=int, default=None, help="wrk duration (default 10)")
+    ap.add_argument("--out", type=Path, default=BENCH / "results" / "latest.md",
+                    help="where to write the markdown report")
+    args = ap.parse_args()
+    if args.target_mp is None:
+        args.target_mp = 60.0 if args.quick else 300.0
+    if args.wrk_seconds is None:
+        args.wrk_seconds = 10
+
+    try:
+        binary = binary_path() if args.no_build else build(args.feature)
+        if not binary.exists():
+            raise BenchError(f"{binary} does not exist (build it, or drop --no-build)")
+        images = load_images(args.images)
+        set_mp = sum(i.pixels for i in images) / 1e6
+        reps = max(1, math.ceil(args.target_mp / set_mp - 1e-9))
+        log(f"{len(images)} images, {set_mp:.1f} MP a set, {reps} repetition(s)")
+
+        dbs = [d.strip() for d in args.db.split(",") if d.strip()]
+        skipped = []
+        if "postgres" in dbs:
+            ok, why = postgres_reachable(args.pg_url)
+            if not ok:
+                log(f"Postgres not reachable at {args.pg_url}: {why}; skipping it")
+                dbs.remove("postgres")
+                skipped.append(f"postgres (skipped: not reachable — {why})")
+        unknown = [d for d in dbs if d not in ("sqlite", "postgres")]
+        if unknown:
+            raise BenchError(f"unknown database(s) {unknown}")
+
+        results = []
+        pillow_cache: dict = {}
+        tmp = Path(tempfile.mkdtemp(prefix="imgbatch-bench-"))
+        try:
+            with Origin(images) as origin:
+                log(f"origin at {origin.base}")
+                for kind in dbs:
+                    results.append(run_database(kind, args, binary, tmp, origin, images, reps,
+                                                pillow_cache))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        meta = {
+            "when": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "mode": "quick" if args.quick else "full",
+            "host": f"{os.cpu_count()} cores, {platform.machine()}",
+            "images": len(images),
+            "set_mp": set_mp,
+            "dir": args.images,
+            "pillow": PIL.__version__,
+            "turbo": pil_features.version("libjpeg_turbo") or "absent",
+            "build": "release" + (f" --features {','.join(args.feature)}" if args.feature else "")
+                     + (" (--no-build)" if args.no_build else ""),
+            "wrk_s": args.wrk_seconds,
+        }
+        report = build_report(meta, results, skipped)
+        print(report)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report + "\n")
+        log(f"wrote {args.out}")
+        return 1 if any("error" in r for r in results) or not results else 0
+    except BenchError as e:
+        log(f"ERROR: {e}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+//! Delivers webhooks: claims due deliveries, sends each (signed), and records the attempt and
+//! what follows it: delivered, a retry on the schedule, or given up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ctx, Wakeup};
+use crate::config::Schedule;
+use crate::report::StatusBody;
+use crate::store::{AttemptNext, AttemptRecord, DeliveryJob};
+use crate::webhook::{SendOutcome, Sender};
+
+/// Deliveries in flight at once, so one slow receiver does not hold up the others.
+const CONCURRENT_DELIVERIES: usize = 16;
+
+pub(crate) async fn deliver(
+    ctx: Arc<Ctx>,
+    sender: Sender,
+    wakeup: Wakeup,
+    shutdown: CancellationToken,
+) {
+    let mut running: JoinSet<()> = JoinSet::new();
+    let poll = ctx.config.workers.poll_interval;
+    loop {
+        while running.try_join_next().is_some() {}
+        let free = CONCURRENT_DELIVERIES.saturating_sub(running.len());
+        let jobs = if free == 0 {
+            Vec::new()
+        } else {
+            match ctx
+                .store
+                .claim_deliveries(&ctx.worker_id, free, ctx.config.workers.lease)
+                .await
+            {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim webhook deliveries");
+                    Vec::new()
+                }
+            }
+        };
+        let claimed = jobs.len();
+        for job in jobs {
+            let (ctx, sender) = (ctx.clone(), sender.clone());
+            running.spawn(async move { attempt(&ctx, &sender, job).await });
+        }
+        if claimed == 0 || claimed < free {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wakeup.wait() => {},
+                _ = running.join_next(), if !running.is_empty() => {},
+                _ = tokio::time::sleep(poll) => {},
+            }
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+async fn attempt(ctx: &Ctx, sender: &Sender, job: DeliveryJob) {
+    let payload = match &job.payload {
+        Some(p) => p.clone(),
+        None => match build_payload(ctx, &job).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Leave the lease to lapse; the next claim tries again.
+                tracing::warn!(request_id = %job.request_id, error = %e, "cannot build webhook payload");
+                return;
+            }
+        },
+    };
+    let msg_id = format!("msg_{}", job.id.simple());
+    let (outcome, took) = sender.send(&job.url, &msg_id, &payload).await;
+    let schedule = &ctx.config.webhook_retry_schedule;
+    let now = Utc::now();
+    let (status_code, error, next) = match outcome {
+        SendOutcome::Delivered { status } => (Some(status), None, AttemptNext::Delivered),
+        SendOutcome::Gone => (
+            Some(410),
+            Some("receiver answered 410 Gone; delivery stopped".to_string()),
+            AttemptNext::Failed,
+        ),
+        SendOutcome::Failed {
+            status,
+            error,
+            retry_after,
+        } => (
+            status,
+            Some(error),
+            next_after_failure(schedule, job.attempts, retry_after, now),
+        ),
+    };
+    let record = AttemptRecord {
+        at: now,
+        status_code,
+        error: error.clone(),
+        duration_ms: took.as_millis() as i64,
+    };
+    match ctx
+        .store
+        .record_attempt(&job, &ctx.worker_id, &record, next)
+        .await
+    {
+        Ok(true) => tracing::info!(
+            request_id = %job.request_id, attempt = job.attempts, status = ?status_code,
+            error = error.as_deref().unwrap_or(""), next = ?next, "webhook attempt"
+        ),
+        Ok(false) => {
+            tracing::warn!(request_id = %job.request_id, "webhook delivery was no longer ours")
+        }
+        Err(e) => {
+            tracing::warn!(request_id = %job.request_id, error = %e, "cannot record webhook attempt")
+        }
+    }
+}
+
+/// `{"type": "request.completed", "timestamp": …, "data": <status body>}`, built once.
+async fn build_payload(ctx: &Ctx, job: &DeliveryJob) -> anyhow::Result<String> {
+    let detail = ctx
+        .store
+        .request_detail(job.request_id, &job.owner)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("request {} is gone", job.request_id))?;
+    let body = serde_json::json!({
+        "type": "request.completed",
+        "timestamp": job.event_at,
+        "data": StatusBody::build(detail),
+    });
+    let payload = serde_json::to_string(&body)?;
+    ctx.store.set_delivery_payload(job.id, &payload).await?;
+    Ok(payload)
+}
+
+/// After the `attempts`-th failed attempt: when to try again, or give up once the schedule
+/// is spent. A receiver's Retry-After wins over the schedule.
+pub fn next_after_failure(
+    schedule: &Schedule,
+    attempts: i64,
+    retry_after: Option<Duration>,
+    now: DateTime<Utc>,
+) -> AttemptNext {
+    let Some(delay) = schedule.0.get((attempts.max(1) - 1) as usize) else {
+        return AttemptNext::Failed;
+    };
+    // ±10% jitter, so deliveries that failed together do not retry together.
+    let jittered = delay.mul_f64(rand::rng().random_range(0.9..1.1));
+    let wait = retry_after.unwrap_or(jittered);
+    AttemptNext::Retry(now + chrono::Duration::from_std(wait).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_the_schedule_then_gives_up() {
+        let s = Schedule(vec![Duration::from_secs(5), Duration::from_secs(300)]);
+        let now = Utc::now();
+        let AttemptNext::Retry(at) = next_after_failure(&s, 1, None, now) else {
+            panic!()
+        };
+        let d = (at - now).num_milliseconds();
+        assert!((4500..=5500).contains(&d), "{d}");
+        let AttemptNext::Retry(at) = next_after_failure(&s, 2, None, now) else {
+            panic!()
+        };
+        assert!((at - now).num_seconds() >= 270);
+        assert_eq!(next_after_failure(&s, 3, None, now), AttemptNext::Failed);
+        let AttemptNext::Retry(at) = next_after_failure(&s, 1, Some(Duration::from_secs(60)), now)
+        else {
+            panic!()
+        };
+        assert_eq!((at - now).num_seconds(), 60);
+    }
+}
