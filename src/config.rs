@@ -87,6 +87,16 @@ pub struct Config {
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_networks: bool,
 
+    /// Networks that image and webhook URLs may reach even though they are not public
+    /// (comma-separated CIDRs, e.g. an internal image server: 10.1.2.0/24).
+    #[arg(long, env = "IMGBATCH_ALLOWED_NETWORKS", value_delimiter = ',')]
+    pub allowed_networks: Vec<ipnet::IpNet>,
+
+    /// Requests a second each client (by IP address) may make to /api, with bursts of twice
+    /// that; 0 turns the limit off.
+    #[arg(long, env = "IMGBATCH_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+
     /// Comma-separated bearer tokens; when set, every /api call needs one.
     #[arg(
         long,
@@ -134,6 +144,9 @@ pub struct Limits {
     /// Time allowed for one whole image download.
     #[arg(long, env = "IMGBATCH_DOWNLOAD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub download_timeout: Duration,
+    /// Time allowed to decode and encode one image.
+    #[arg(long, env = "IMGBATCH_DECODE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub decode_timeout: Duration,
     /// Time allowed for one webhook delivery attempt.
     #[arg(long, env = "IMGBATCH_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub webhook_timeout: Duration,
@@ -180,6 +193,11 @@ impl Config {
     /// Defaults for everything, as if no flag or variable were given; tests start from here.
     pub fn defaults() -> Self {
         Cli::parse_from(["imgbatch"]).serve
+    }
+
+    /// Which addresses image and webhook requests may reach.
+    pub fn address_policy(&self) -> crate::net::AddressPolicy {
+        crate::net::AddressPolicy::new(self.allow_private_networks, self.allowed_networks.clone())
     }
 
     /// Where local outputs live, when storage is a folder.

@@ -8,7 +8,7 @@ use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 
 use crate::config::Config;
-use crate::net::{self, NotPublic};
+use crate::net::{self, AddressPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -26,7 +26,7 @@ pub struct Fetcher {
     max_bytes: u64,
     max_redirects: usize,
     timeout: Duration,
-    allow_private: bool,
+    policy: AddressPolicy,
 }
 
 impl Fetcher {
@@ -40,15 +40,16 @@ impl Fetcher {
             .pool_idle_timeout(Duration::from_secs(30))
             // A proxy would connect on our behalf and bypass the address check.
             .no_proxy();
-        if !config.allow_private_networks {
-            builder = builder.dns_resolver(net::guarded_resolver());
+        let policy = config.address_policy();
+        if let Some(resolver) = policy.resolver() {
+            builder = builder.dns_resolver(resolver);
         }
         Ok(Self {
             client: builder.build()?,
             max_bytes: limits.max_image_bytes,
             max_redirects: limits.max_redirects,
             timeout: limits.download_timeout,
-            allow_private: config.allow_private_networks,
+            policy,
         })
     }
 
@@ -75,7 +76,8 @@ impl Fetcher {
                     url.scheme()
                 )));
             }
-            net::check_literal_host(&url, self.allow_private)
+            self.policy
+                .check_url(&url)
                 .map_err(|e| FetchError::Permanent(e.to_string()))?;
             let resp = self
                 .client
@@ -148,13 +150,8 @@ fn status_error(status: StatusCode) -> FetchError {
 }
 
 fn classify(e: reqwest::Error) -> FetchError {
-    // A refused address surfaces as a resolver error inside a connect error.
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(s) = source {
-        if let Some(np) = s.downcast_ref::<NotPublic>() {
-            return FetchError::Permanent(np.to_string());
-        }
-        source = s.source();
+    if let Some(refused) = net::find_refusal(&e) {
+        return FetchError::Permanent(refused.to_string());
     }
     let what = if e.is_timeout() {
         "timed out"

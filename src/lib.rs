@@ -77,7 +77,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let sender = webhook::Sender::new(
             signer,
             config.limits.webhook_timeout,
-            config.allow_private_networks,
+            config.address_policy(),
         )?;
         Some(WorkerPool::start(
             store.clone(),
@@ -106,9 +106,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let app = api::router(state);
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+        .await
     });
     Ok(Server {
         addr,

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Is this address on the public internet? Everything else (loopback, private, link-local,
@@ -39,14 +40,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     let seg = ip.segments();
     // IPv4-compatible ::a.b.c.d (deprecated, but some stacks still route it).
     if seg[..6].iter().all(|&s| s == 0) {
-        return !ip.is_unspecified()
-            && !ip.is_loopback()
-            && is_public_v4(Ipv4Addr::new(
-                (seg[6] >> 8) as u8,
-                seg[6] as u8,
-                (seg[7] >> 8) as u8,
-                seg[7] as u8,
-            ));
+        return !ip.is_unspecified() && !ip.is_loopback() && is_public_v4(embedded_v4(ip));
     }
     !(ip.is_unspecified()
         || ip.is_loopback()
@@ -60,57 +54,106 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (seg[0] == 0x2001 && seg[1] == 0)) // Teredo
 }
 
+fn embedded_v4(ip: Ipv6Addr) -> Ipv4Addr {
+    let o = ip.octets();
+    Ipv4Addr::new(o[12], o[13], o[14], o[15])
+}
+
 /// Why an outbound target was refused.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("refused to connect to {0}: not a public address (set IMGBATCH_ALLOW_PRIVATE_NETWORKS to allow)")]
+#[error("refused to connect to {0}: not a public address (set IMGBATCH_ALLOW_PRIVATE_NETWORKS or IMGBATCH_ALLOWED_NETWORKS to allow)")]
 pub struct NotPublic(pub String);
 
-/// Checks a URL's host when it is a literal IP; names are checked after resolution.
-pub fn check_literal_host(url: &url::Url, allow_private: bool) -> Result<(), NotPublic> {
-    if allow_private {
-        return Ok(());
+/// Which addresses outbound requests may reach.
+#[derive(Debug, Clone, Default)]
+pub struct AddressPolicy {
+    allow_private: bool,
+    allowed: Arc<Vec<IpNet>>,
+}
+
+impl AddressPolicy {
+    pub fn new(allow_private: bool, allowed: Vec<IpNet>) -> Self {
+        Self {
+            allow_private,
+            allowed: Arc::new(allowed),
+        }
     }
-    let ip = match url.host() {
-        Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
-        Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
-        _ => return Ok(()),
-    };
-    if is_public(ip) {
-        Ok(())
-    } else {
-        Err(NotPublic(ip.to_string()))
+
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        // Compare mapped forms as the IPv4 address they are.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow_private || is_public(ip) || self.allowed.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Checks a URL's host when it is a literal IP (in any spelling: the URL parser has
+    /// already turned decimal, octal and hex forms into an address); names are checked after
+    /// resolution, by [`AddressPolicy::resolver`].
+    pub fn check_url(&self, url: &url::Url) -> Result<(), NotPublic> {
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
+            Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
+            _ => return Ok(()),
+        };
+        if self.permits(ip) {
+            Ok(())
+        } else {
+            Err(NotPublic(ip.to_string()))
+        }
+    }
+
+    /// The resolver to install in an HTTP client; None when everything is allowed.
+    pub fn resolver(&self) -> Option<Arc<GuardedResolver>> {
+        (!self.allow_private).then(|| {
+            Arc::new(GuardedResolver {
+                policy: self.clone(),
+            })
+        })
     }
 }
 
-/// A resolver that drops non-public addresses, so the connection can only go where the check
+/// A resolver that drops refused addresses, so the connection can only go where the check
 /// allowed: the check and the connect use the same resolved addresses (no DNS rebinding gap).
 #[derive(Debug, Clone)]
-pub struct GuardedResolver;
+pub struct GuardedResolver {
+    policy: AddressPolicy,
+}
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
+        let policy = self.policy.clone();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> = addrs
+            let permitted: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()
-                .filter(|a| is_public(a.ip()))
+                .filter(|a| policy.permits(a.ip()))
                 .collect();
-            if public.is_empty() {
+            if permitted.is_empty() {
                 let shown = addrs
                     .first()
                     .map_or(host.clone(), |a| format!("{host} ({})", a.ip()));
                 return Err(Box::new(NotPublic(shown)) as Box<dyn std::error::Error + Send + Sync>);
             }
-            Ok(Box::new(public.into_iter()) as Addrs)
+            Ok(Box::new(permitted.into_iter()) as Addrs)
         })
     }
 }
 
-pub fn guarded_resolver() -> Arc<GuardedResolver> {
-    Arc::new(GuardedResolver)
+/// Finds a [`NotPublic`] refusal inside an error chain (a resolver error surfaces wrapped).
+pub fn find_refusal(e: &(dyn std::error::Error + 'static)) -> Option<NotPublic> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(np) = s.downcast_ref::<NotPublic>() {
+            return Some(np.clone());
+        }
+        source = s.source();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -167,25 +210,48 @@ mod tests {
 
     #[test]
     fn literal_hosts_in_every_spelling_are_checked() {
+        let strict = AddressPolicy::new(false, vec![]);
+        let open = AddressPolicy::new(true, vec![]);
         for u in [
             "http://127.0.0.1/x",
             "http://2130706433/x",
             "http://0x7f000001/x",
             "http://0177.0.0.1/x",
+            "http://017700000001/x",
+            "http://127.1/x",
             "http://[::1]/x",
             "http://[::ffff:127.0.0.1]/x",
             "http://169.254.169.254/latest",
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://0/",
         ] {
             let url = url::Url::parse(u).unwrap();
-            assert!(
-                check_literal_host(&url, false).is_err(),
-                "{u} should be refused"
-            );
-            assert!(check_literal_host(&url, true).is_ok());
+            assert!(strict.check_url(&url).is_err(), "{u} should be refused");
+            assert!(open.check_url(&url).is_ok());
         }
-        assert!(check_literal_host(&url::Url::parse("http://8.8.8.8/").unwrap(), false).is_ok());
-        assert!(
-            check_literal_host(&url::Url::parse("http://example.com/").unwrap(), false).is_ok()
+        assert!(strict
+            .check_url(&url::Url::parse("http://8.8.8.8/").unwrap())
+            .is_ok());
+        assert!(strict
+            .check_url(&url::Url::parse("http://example.com/").unwrap())
+            .is_ok());
+    }
+
+    #[test]
+    fn allowed_networks_open_only_themselves() {
+        let p = AddressPolicy::new(
+            false,
+            vec![
+                "127.0.0.2/32".parse().unwrap(),
+                "10.1.0.0/16".parse().unwrap(),
+            ],
         );
+        assert!(p.permits("127.0.0.2".parse().unwrap()));
+        assert!(p.permits("::ffff:127.0.0.2".parse().unwrap()));
+        assert!(p.permits("10.1.200.3".parse().unwrap()));
+        assert!(!p.permits("127.0.0.1".parse().unwrap()));
+        assert!(!p.permits("10.2.0.1".parse().unwrap()));
+        assert!(p.resolver().is_some());
+        assert!(AddressPolicy::new(true, vec![]).resolver().is_none());
     }
 }

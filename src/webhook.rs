@@ -12,7 +12,7 @@ use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use sha2::Sha256;
 
-use crate::net;
+use crate::net::{self, AddressPolicy};
 
 const SECRET_PREFIX: &str = "whsec_";
 /// How much of a receiver's answer we read (for the error message); the rest is dropped.
@@ -79,11 +79,11 @@ pub enum SendOutcome {
 pub struct Sender {
     client: reqwest::Client,
     signer: Signer,
-    allow_private: bool,
+    policy: AddressPolicy,
 }
 
 impl Sender {
-    pub fn new(signer: Signer, timeout: Duration, allow_private: bool) -> anyhow::Result<Self> {
+    pub fn new(signer: Signer, timeout: Duration, policy: AddressPolicy) -> anyhow::Result<Self> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("imgbatch-webhooks/", env!("CARGO_PKG_VERSION")))
             // A redirect could point anywhere, including inside our network: never follow.
@@ -91,13 +91,13 @@ impl Sender {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .no_proxy();
-        if !allow_private {
-            builder = builder.dns_resolver(net::guarded_resolver());
+        if let Some(resolver) = policy.resolver() {
+            builder = builder.dns_resolver(resolver);
         }
         Ok(Self {
             client: builder.build()?,
             signer,
-            allow_private,
+            policy,
         })
     }
 
@@ -118,7 +118,7 @@ impl Sender {
             Ok(u) => u,
             Err(e) => return failed(None, format!("invalid webhook URL: {e}")),
         };
-        if let Err(e) = net::check_literal_host(&parsed, self.allow_private) {
+        if let Err(e) = self.policy.check_url(&parsed) {
             return failed(None, e.to_string());
         }
         let timestamp = chrono::Utc::now().timestamp();
@@ -182,12 +182,12 @@ fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
 }
 
 fn describe(e: &reqwest::Error) -> String {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    if let Some(refused) = net::find_refusal(e) {
+        return refused.to_string();
+    }
     let mut last = e.to_string();
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(np) = s.downcast_ref::<net::NotPublic>() {
-            return np.to_string();
-        }
         last = s.to_string();
         source = s.source();
     }

@@ -3,6 +3,7 @@
 mod auth;
 mod health;
 mod output_csv;
+mod rate_limit;
 mod status;
 mod upload;
 mod webhook_retry;
@@ -58,7 +59,19 @@ pub fn router(state: AppState) -> Router {
             "/requests/{request_id}/output.csv",
             get(output_csv::output_csv),
         )
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) });
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        // Answers about requests change from one second to the next: never cache them.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+    let api = match rate_limit::RateLimiter::new(state.config.rate_limit) {
+        Some(limiter) => api.layer(axum::middleware::from_fn_with_state(
+            limiter,
+            rate_limit::limit,
+        )),
+        None => api,
+    };
     let mut app = Router::new()
         .nest("/api", api)
         .route("/healthz", get(health::healthz))
@@ -74,6 +87,20 @@ pub fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        // Nothing we serve is a page that runs scripts; a page that needs to (the API docs)
+        // sets its own policy first.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

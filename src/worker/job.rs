@@ -49,22 +49,35 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
         quality: ctx.config.quality,
         max_pixels: ctx.config.limits.max_image_pixels,
     };
-    let compressed = {
-        let Ok(_permit) = ctx.cpu.acquire().await else {
-            return retry_or_fail(ctx, job, "shutting down".into());
-        };
-        tokio::task::spawn_blocking(move || compress(&bytes, &opts)).await
+    let Ok(permit) = ctx.cpu.clone().acquire_owned().await else {
+        return retry_or_fail(ctx, job, "shutting down".into());
     };
-    let c = match compressed {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
+    // The permit lives as long as the blocking thread, not this future: a decode that outlives
+    // its time limit still holds its core until it ends, so the pool never oversubscribes.
+    let work = tokio::task::spawn_blocking(move || {
+        let result = compress(&bytes, &opts);
+        drop(permit);
+        result
+    });
+    let limit = ctx.config.limits.decode_timeout;
+    let c = match tokio::time::timeout(limit, work).await {
+        Ok(Ok(Ok(c))) => c,
+        Ok(Ok(Err(e))) => {
             return JobOutcome::Failed {
                 error: e.to_string(),
             }
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             return JobOutcome::Failed {
                 error: format!("decoder crashed: {e}"),
+            }
+        }
+        Err(_) => {
+            return JobOutcome::Failed {
+                error: format!(
+                    "decoding and encoding took longer than the limit of {}",
+                    humantime::format_duration(limit)
+                ),
             }
         }
     };

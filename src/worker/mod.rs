@@ -51,7 +51,7 @@ pub(crate) struct Ctx {
     pub fetcher: Fetcher,
     pub config: Arc<Config>,
     /// Bounds CPU-heavy decode/encode to the cores, however many downloads are in flight.
-    pub cpu: Semaphore,
+    pub cpu: Arc<Semaphore>,
     /// This process's name in `locked_by`.
     pub worker_id: String,
     /// Wakes the webhook deliverer when a request finishes.
@@ -88,7 +88,7 @@ impl WorkerPool {
         );
         tracing::info!(%worker_id, workers = config.workers.workers, cpu = config.workers.cpu_workers(), "workers starting");
         let ctx = Arc::new(Ctx {
-            cpu: Semaphore::new(config.workers.cpu_workers()),
+            cpu: Arc::new(Semaphore::new(config.workers.cpu_workers())),
             store,
             storage,
             fetcher,

@@ -103,6 +103,8 @@ impl TestDb {
         c.allow_private_networks = true;
         c.api_keys = vec![];
         c.webhook_url = None;
+        // Tests poll hard; the limit has its own test.
+        c.rate_limit = 0;
         c.workers.retry_base = Duration::from_millis(100);
         c.workers.poll_interval = Duration::from_millis(200);
         c.workers.lease = Duration::from_secs(5);
