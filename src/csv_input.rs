@@ -70,7 +70,7 @@ pub struct ParsedProduct {
 ///
 /// Serializes as `{"line":3,"column":"Input Image Urls","message":"..."}`, with `column` null
 /// for problems with a whole row or the whole file.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CsvError {
     /// The 1-based physical line of the file. File-level problems use line 1 (an empty file) or
     /// the line after the header (a file without products).

@@ -44,10 +44,12 @@ fn too_large_message(limit: Option<usize>) -> String {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error answer: a message, and for a refused CSV every problem found (up to 100).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<CsvError>>)]
     errors: Option<&'a [CsvError]>,
 }
 
@@ -97,7 +99,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (
             status,
-            Json(Body {
+            Json(ErrorBody {
                 message: self.to_string(),
                 errors,
             }),

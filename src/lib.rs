@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod fetch;
 pub mod intake;
+pub mod metrics;
 pub mod net;
 pub mod report;
 pub mod storage;

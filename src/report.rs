@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::domain::{RequestId, Status};
 use crate::store::{DeliveryState, ImageRow, ProductRow, RequestDetail, WebhookRow};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusBody {
     pub request_id: RequestId,
@@ -22,7 +22,7 @@ pub struct StatusBody {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookBody {
     pub url: String,
@@ -61,7 +61,7 @@ impl WebhookBody {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     pub total_products: i64,
@@ -71,7 +71,7 @@ pub struct Progress {
     pub pending_images: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductBody {
     pub serial_number: i64,
@@ -82,7 +82,7 @@ pub struct ProductBody {
     pub images: Vec<ImageBody>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageBody {
     pub input_image_url: String,

@@ -2,6 +2,7 @@
 
 mod auth;
 mod health;
+pub mod openapi;
 mod output_csv;
 mod rate_limit;
 mod status;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
             post(upload::upload).layer(DefaultBodyLimit::max(body_limit)),
         )
         .route("/status/{request_id}", get(status::status))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route(
             "/requests/{request_id}/webhook/retry",
             post(webhook_retry::retry),
@@ -75,7 +77,22 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .nest("/api", api)
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics));
+    // Swagger UI is bundled in the binary (no network needed); its page runs scripts, so it
+    // carries its own, looser content policy.
+    let docs: Router<AppState> = Router::from(
+        utoipa_swagger_ui::SwaggerUi::new("/docs")
+            .config(utoipa_swagger_ui::Config::new(["/api/openapi.json"])),
+    )
+    .layer(SetResponseHeaderLayer::overriding(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+             script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    ));
+    app = app.merge(docs);
     if let Some(dir) = state.config.storage_dir() {
         app = app.nest_service(
             "/images",

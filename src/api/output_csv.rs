@@ -4,9 +4,25 @@ use axum::response::IntoResponse;
 
 use super::{AppState, Owner};
 use crate::domain::RequestId;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::report;
 
+/// The input CSV with a fourth column, `Output Image Urls` (empty until images are done).
+/// Cells that a spreadsheet would run as formulas start with `'`.
+#[utoipa::path(
+    get,
+    path = "/api/requests/{requestId}/output.csv",
+    tag = "requests",
+    params(("requestId" = String, Path, description = "The ID returned by the upload")),
+    responses(
+        (status = 200, description = "The CSV", body = String, content_type = "text/csv"),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Request ID not found", body = ErrorBody),
+        (status = 429, description = "Rate limit", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn output_csv(
     State(state): State<AppState>,
     owner: Owner,

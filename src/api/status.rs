@@ -3,9 +3,25 @@ use axum::Json;
 
 use super::{AppState, Owner};
 use crate::domain::RequestId;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::report::StatusBody;
 
+/// Status of a request: progress, output URLs in CSV order, each product and image (with the
+/// reason of every failure), and the webhook delivery.
+#[utoipa::path(
+    get,
+    path = "/api/status/{requestId}",
+    tag = "requests",
+    params(("requestId" = String, Path, description = "The ID returned by the upload")),
+    responses(
+        (status = 200, description = "The request", body = StatusBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Request ID not found (also for a malformed ID)", body = ErrorBody),
+        (status = 429, description = "Rate limit", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn status(
     State(state): State<AppState>,
     owner: Owner,

@@ -7,20 +7,70 @@ use serde::Serialize;
 use super::{AppState, Owner};
 use crate::csv_input::CsvLimits;
 use crate::domain::RequestId;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::intake::{self, Upload};
+use crate::metrics::METRICS;
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 const MAX_TEXT_PART: usize = 8 * 1024;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadResponse {
     pub request_id: RequestId,
 }
 
+/// The multipart form of an upload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes the request for the OpenAPI document only
+pub struct UploadForm {
+    /// The CSV: header `S. No.,Product Name,Input Image Urls`, then one product a row.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Optional webhook target (absolute http/https URL) for this request.
+    #[serde(rename = "webhookUrl")]
+    #[schema(rename = "webhookUrl")]
+    webhook_url: Option<String>,
+}
+
+/// Upload a CSV. Answers at once with the request ID once every row is valid and stored;
+/// the images are processed in the background.
+#[utoipa::path(
+    post,
+    path = "/api/upload",
+    tag = "requests",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    params(("Idempotency-Key" = Option<String>, Header,
+            description = "Repeat an upload safely: the same key and file return the first request's ID")),
+    responses(
+        (status = 200, description = "Accepted", body = UploadResponse),
+        (status = 400, description = "Invalid CSV (with every error and its line), no file part, or a bad webhookUrl", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 413, description = "Upload larger than the limit", body = ErrorBody),
+        (status = 415, description = "Not multipart/form-data", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for a different upload", body = ErrorBody),
+        (status = 429, description = "Rate limit", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn upload(
     State(state): State<AppState>,
+    owner: Owner,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Json<UploadResponse>> {
+    let result = accept(&state, owner, headers, multipart).await;
+    match &result {
+        Ok(_) => METRICS.upload_accepted(),
+        Err(e) if e.status().is_client_error() => METRICS.upload_rejected(),
+        Err(_) => {}
+    }
+    result
+}
+
+async fn accept(
+    state: &AppState,
     owner: Owner,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,

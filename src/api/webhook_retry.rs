@@ -1,19 +1,39 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::{AppState, Owner};
 use crate::domain::RequestId;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::store::WebhookRetry;
 
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageBody {
+    pub message: String,
+}
+
 /// Sends a failed webhook delivery again, with a fresh retry schedule.
+#[utoipa::path(
+    post,
+    path = "/api/requests/{requestId}/webhook/retry",
+    tag = "webhooks",
+    params(("requestId" = String, Path, description = "The ID returned by the upload")),
+    responses(
+        (status = 202, description = "Queued", body = MessageBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Request ID not found", body = ErrorBody),
+        (status = 409, description = "No delivery, or it has not failed", body = ErrorBody),
+        (status = 429, description = "Rate limit", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn retry(
     State(state): State<AppState>,
     owner: Owner,
     Path(raw_id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<MessageBody>)> {
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
     match state.store.retry_webhook(id, &owner.0).await? {
         None => Err(ApiError::request_not_found()),
@@ -21,7 +41,9 @@ pub async fn retry(
             state.webhooks_due.notify();
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"message": "webhook delivery queued"})),
+                Json(MessageBody {
+                    message: "webhook delivery queued".into(),
+                }),
             ))
         }
         Some(WebhookRetry::NoDelivery) => Err(ApiError::Conflict(

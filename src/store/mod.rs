@@ -151,7 +151,7 @@ pub struct ImageRow {
 }
 
 /// The state of a request's webhook delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     Pending,
@@ -390,6 +390,11 @@ impl Store {
         outcome: &JobOutcome,
     ) -> StoreResult<Settled> {
         dispatch!(self, s => s.settle_image(job, worker, outcome, Utc::now()).await)
+    }
+
+    /// Image jobs waiting and running, across all processes: (pending, processing).
+    pub async fn queue_depth(&self) -> StoreResult<(i64, i64)> {
+        dispatch!(self, s => s.queue_depth().await)
     }
 
     /// How many requests are stored (all owners).

@@ -602,6 +602,19 @@ impl PgStore {
         )
     }
 
+    pub async fn queue_depth(&self) -> StoreResult<(i64, i64)> {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM images WHERE status = 'pending' AND duplicate_of IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let processing: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE status = 'processing'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((pending, processing))
+    }
+
     pub async fn count_requests(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM requests")
             .fetch_one(&self.pool)

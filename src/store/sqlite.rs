@@ -593,6 +593,19 @@ impl SqliteStore {
         )
     }
 
+    pub async fn queue_depth(&self) -> StoreResult<(i64, i64)> {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM images WHERE status = 'pending' AND duplicate_of IS NULL",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        let processing: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE status = 'processing'")
+                .fetch_one(&self.read)
+                .await?;
+        Ok((pending, processing))
+    }
+
     pub async fn count_requests(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM requests")
             .fetch_one(&self.read)

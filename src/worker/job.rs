@@ -7,6 +7,7 @@ use chrono::Utc;
 use super::{backoff, Ctx};
 use crate::compress::{compress, CompressOptions};
 use crate::fetch::FetchError;
+use crate::metrics::{failure_reason, METRICS};
 use crate::store::{ImageJob, ImageOutput, JobOutcome};
 
 pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
@@ -24,7 +25,14 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
         attempt(ctx, &job).await
     };
     record(ctx, &job, &outcome).await;
-    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let elapsed = started.elapsed();
+    let elapsed_ms = elapsed.as_millis() as u64;
+    METRICS.job_finished(elapsed.as_secs_f64());
+    match &outcome {
+        JobOutcome::Completed(o) => METRICS.image_completed(o.bytes_in as u64, o.bytes_out as u64),
+        JobOutcome::Failed { error } => METRICS.image_failed(failure_reason(error)),
+        JobOutcome::Retry { .. } => METRICS.image_retry(),
+    }
     match &outcome {
         JobOutcome::Completed(o) => {
             tracing::debug!(image = job.id, request_id = %job.request_id, bytes_in = o.bytes_in, bytes_out = o.bytes_out, elapsed_ms, "image completed")

@@ -94,6 +94,12 @@ async fn attempt(ctx: &Ctx, sender: &Sender, job: DeliveryJob) {
             next_after_failure(schedule, job.attempts, retry_after, now),
         ),
     };
+    crate::metrics::METRICS.webhook_attempt(match next {
+        AttemptNext::Delivered => "delivered",
+        AttemptNext::Retry(_) => "failed_will_retry",
+        AttemptNext::Failed if status_code == Some(410) => "gone",
+        AttemptNext::Failed => "failed_final",
+    });
     let record = AttemptRecord {
         at: now,
         status_code,
