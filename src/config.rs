@@ -28,6 +28,10 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print the webhook signing secret (generating and storing it if there is none yet).
     WebhookSecret(DatabaseArgs),
+    /// Upload a CSV to a running service; with --wait, follow it to the end.
+    Submit(SubmitArgs),
+    /// Show the status of a request on a running service.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -39,6 +43,48 @@ pub struct DatabaseArgs {
         default_value = "sqlite://data/imgbatch.db"
     )]
     pub database_url: String,
+}
+
+/// Where a client command finds the service.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Base URL of the service.
+    #[arg(long, env = "IMGBATCH_SERVER", default_value = "http://127.0.0.1:3000")]
+    pub server: String,
+    /// API key, when the service requires one.
+    #[arg(long, env = "IMGBATCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// The CSV to upload.
+    pub csv: PathBuf,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Webhook target for this request.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// Idempotency key, to make a retried submit return the first request.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the request with a progress bar until it settles.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: save output.csv here when done.
+    #[arg(long, requires = "wait")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The request ID returned by the upload.
+    pub request_id: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Print the full JSON status body instead of a summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

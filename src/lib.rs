@@ -4,6 +4,7 @@
 //! use it, so tests run exactly what production runs.
 
 pub mod api;
+pub mod client;
 pub mod compress;
 pub mod config;
 pub mod csv_input;

@@ -15,6 +15,8 @@ async fn main() -> std::process::ExitCode {
             migrate(&db.database_url).await
         }
         Some(Command::WebhookSecret(db)) => webhook_secret(cli.serve, &db.database_url).await,
+        Some(Command::Submit(args)) => imgbatch::client::submit(args).await,
+        Some(Command::Status(args)) => imgbatch::client::status(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod client;
 mod crash;
 mod pipeline;
 mod upload;
