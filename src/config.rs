@@ -110,6 +110,14 @@ pub struct Config {
     #[arg(long, env = "IMGBATCH_STORAGE", default_value = "data/images")]
     pub storage: String,
 
+    /// Public base URL of objects in S3 storage (default: the endpoint and bucket, path-style).
+    #[arg(long, env = "IMGBATCH_STORAGE_PUBLIC_URL")]
+    pub storage_public_url: Option<String>,
+
+    /// Serve the /api endpoints (false: a worker-only process that serves health and metrics).
+    #[arg(long, env = "IMGBATCH_API", default_value_t = true, action = clap::ArgAction::Set)]
+    pub api: bool,
+
     /// JPEG quality of the outputs (1-100).
     #[arg(long, env = "IMGBATCH_QUALITY", default_value_t = 50,
           value_parser = clap::value_parser!(u8).range(1..=100))]
@@ -211,7 +219,8 @@ pub struct WorkerSettings {
     #[arg(long, env = "IMGBATCH_CPU_WORKERS")]
     pub cpu_workers: Option<usize>,
     /// Attempts per image before a transient failure becomes final.
-    #[arg(long, env = "IMGBATCH_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "IMGBATCH_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// First retry delay of an image; doubled each attempt, with jitter.
     #[arg(long, env = "IMGBATCH_RETRY_BASE", default_value = "2s", value_parser = parse_duration)]

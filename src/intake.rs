@@ -40,7 +40,7 @@ pub async fn accept(
         webhook_url,
         products,
     };
-    match store.create_request(&new).await? {
+    match store.create_request(new).await? {
         CreateOutcome::Created(id) | CreateOutcome::Replayed(id) => Ok(id),
         CreateOutcome::KeyReused => Err(ApiError::Unprocessable(
             "Idempotency-Key was already used for a different upload".into(),

@@ -67,7 +67,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .unwrap_or_else(|| format!("http://{addr}"))
         .trim_end_matches('/')
         .into();
-    let storage = storage::Storage::open(&config.storage, &public_url)?;
+    if let Some(url) = config
+        .webhook_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        intake::parse_webhook_url(url, config.limits.max_url_length)
+            .map_err(|e| anyhow::anyhow!("IMGBATCH_WEBHOOK_URL is invalid: {e}"))?;
+    }
+    let storage = storage::Storage::open(
+        &config.storage,
+        &public_url,
+        config.storage_public_url.as_deref(),
+    )
+    .await?;
     let wakeup = Wakeup::default();
     let webhooks_due = Wakeup::default();
     let config = Arc::new(config);
@@ -151,7 +164,7 @@ impl Server {
         Ok(())
     }
 
-    /// Resolves when the HTTP server stops on its own (it should not).
+    /// `http://` and the bound address.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

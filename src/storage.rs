@@ -1,8 +1,10 @@
-//! Where outputs go: a local folder (served by us under /images/) by default. Keys are made by
-//! us from IDs, never from anything a client wrote.
+//! Where outputs go: a local folder (served by us under /images/) by default, or an
+//! S3-compatible bucket. Keys are made by us from IDs, never from anything a client wrote.
 
 use std::sync::Arc;
 
+use anyhow::Context;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
@@ -10,30 +12,92 @@ use object_store::{ObjectStore, PutPayload};
 #[derive(Clone)]
 pub struct Storage {
     inner: Arc<dyn ObjectStore>,
+    /// Prepended to every key (the `prefix` of `s3://bucket/prefix`).
+    prefix: String,
     /// Base of public URLs, ending without a slash.
     url_base: String,
 }
 
 impl Storage {
-    pub fn open(location: &str, public_url: &str) -> anyhow::Result<Self> {
-        if location.starts_with("s3://") {
-            anyhow::bail!("S3 storage is not available in this build yet; use a local folder");
+    /// Opens the storage and proves it is writable, so a missing bucket or bad credentials
+    /// stop the service at start rather than failing every image later.
+    pub async fn open(
+        location: &str,
+        public_url: &str,
+        s3_public_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let storage = match location.strip_prefix("s3://") {
+            Some(rest) => Self::s3(rest, s3_public_url)?,
+            None => {
+                std::fs::create_dir_all(location)
+                    .with_context(|| format!("cannot create storage folder {location}"))?;
+                Self {
+                    inner: Arc::new(LocalFileSystem::new_with_prefix(location)?),
+                    prefix: String::new(),
+                    url_base: format!("{public_url}/images"),
+                }
+            }
+        };
+        storage
+            .probe()
+            .await
+            .with_context(|| format!("storage {location} is not writable"))?;
+        Ok(storage)
+    }
+
+    fn s3(rest: &str, public_base: Option<&str>) -> anyhow::Result<Self> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            anyhow::bail!("IMGBATCH_STORAGE must look like s3://bucket/prefix");
         }
-        std::fs::create_dir_all(location)
-            .map_err(|e| anyhow::anyhow!("cannot create storage folder {location}: {e}"))?;
-        let fs = LocalFileSystem::new_with_prefix(location)?;
+        // Endpoint, region, credentials and path style come from the usual AWS_* variables.
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        if endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+        {
+            builder = builder.with_allow_http(true);
+        }
+        let region = builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .unwrap_or_else(|| "us-east-1".into());
+        builder = builder.with_region(&region);
+        let store = builder.build().context("invalid S3 settings")?;
+        let url_base = match (public_base, endpoint) {
+            (Some(base), _) => base.trim_end_matches('/').to_string(),
+            (None, Some(e)) => format!("{}/{bucket}", e.trim_end_matches('/')),
+            (None, None) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        };
         Ok(Self {
-            inner: Arc::new(fs),
-            url_base: format!("{public_url}/images"),
+            inner: Arc::new(store),
+            prefix: prefix.trim_matches('/').to_string(),
+            url_base,
         })
+    }
+
+    fn path(&self, key: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    async fn probe(&self) -> anyhow::Result<()> {
+        let path = self.path(".imgbatch-write-check");
+        self.inner
+            .put(&path, PutPayload::from_static(b"ok"))
+            .await?;
+        self.inner.delete(&path).await?;
+        Ok(())
     }
 
     /// Stores bytes under `key` (overwriting: storing the same output twice is harmless) and
     /// returns its public URL.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> object_store::Result<String> {
-        self.inner
-            .put(&Path::from(key), PutPayload::from(bytes))
-            .await?;
-        Ok(format!("{}/{}", self.url_base, key))
+        let path = self.path(key);
+        self.inner.put(&path, PutPayload::from(bytes)).await?;
+        Ok(format!("{}/{}", self.url_base, path))
     }
 }

@@ -67,6 +67,8 @@ pub enum SendOutcome {
     Delivered { status: u16 },
     /// 410: the receiver asks us to stop for good.
     Gone,
+    /// The target is not a public address (and not allowed): never sent.
+    Refused(String),
     /// Anything else; may be retried. `retry_after` when a 429/503 said when.
     Failed {
         status: Option<u16>,
@@ -119,7 +121,7 @@ impl Sender {
             Err(e) => return failed(None, format!("invalid webhook URL: {e}")),
         };
         if let Err(e) = self.policy.check_url(&parsed) {
-            return failed(None, e.to_string());
+            return SendOutcome::Refused(e.to_string());
         }
         let timestamp = chrono::Utc::now().timestamp();
         let signature = self.signer.sign(msg_id, timestamp, body.as_bytes());
@@ -135,7 +137,12 @@ impl Sender {
             .await;
         let mut resp = match result {
             Ok(r) => r,
-            Err(e) => return failed(None, describe(&e)),
+            Err(e) => {
+                return match net::find_refusal(&e) {
+                    Some(refused) => SendOutcome::Refused(refused.to_string()),
+                    None => failed(None, describe(&e)),
+                }
+            }
         };
         let status = resp.status();
         if status.is_success() {
@@ -182,9 +189,6 @@ fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
 }
 
 fn describe(e: &reqwest::Error) -> String {
-    if let Some(refused) = net::find_refusal(e) {
-        return refused.to_string();
-    }
     let mut last = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

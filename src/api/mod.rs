@@ -74,8 +74,12 @@ pub fn router(state: AppState) -> Router {
         )),
         None => api,
     };
-    let mut app = Router::new()
-        .nest("/api", api)
+    let mut app = Router::new();
+    // A worker-only process answers health and metrics, not the API.
+    if state.config.api {
+        app = app.nest("/api", api);
+    }
+    let mut app = app
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics));
@@ -92,11 +96,17 @@ pub fn router(state: AppState) -> Router {
              script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
         ),
     ));
-    app = app.merge(docs);
+    if state.config.api {
+        app = app.merge(docs);
+    }
     if let Some(dir) = state.config.storage_dir() {
         app = app.nest_service(
             "/images",
-            tower_http::services::ServeDir::new(dir).append_index_html_on_directories(false),
+            tower_http::services::ServeDir::new(dir)
+                .append_index_html_on_directories(false)
+                .fallback(axum::handler::HandlerWithoutStateExt::into_service(
+                    || async { ApiError::NotFound("no such image".into()) },
+                )),
         );
     }
     app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

@@ -45,7 +45,11 @@ impl From<sqlx::Error> for StoreError {
 fn is_unavailable_code(code: Option<&str>) -> bool {
     match code {
         Some(c) => {
-            c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "5" || c == "6"
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c == "53300"
+                // SQLite's extended codes carry the primary code in their low byte.
+                || c.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
         }
         None => false,
     }
@@ -310,6 +314,24 @@ macro_rules! dispatch {
     };
 }
 
+/// Runs a store operation that uses a transaction on a task of its own, so a caller that
+/// goes away (a client hanging up drops its handler's future; shutdown aborts a job) cannot
+/// cancel it half-way: sqlx 0.8 can hand such a connection back to the pool with the
+/// transaction still open (sqlx issues #4385, #4393), breaking whoever gets it next.
+macro_rules! detached {
+    ($self:ident, $s:ident => $e:expr) => {{
+        let this = $self.clone();
+        tokio::spawn(async move {
+            match &this {
+                Store::Sqlite($s) => $e,
+                Store::Postgres($s) => $e,
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Other(anyhow::anyhow!("store task failed: {e}")))?
+    }};
+}
+
 impl Store {
     /// Opens the database named by the URL's scheme (and creates a SQLite file and its folder).
     pub async fn connect(url: &str) -> StoreResult<Self> {
@@ -339,8 +361,8 @@ impl Store {
         dispatch!(self, s => s.ping().await)
     }
 
-    pub async fn create_request(&self, new: &NewRequest) -> StoreResult<CreateOutcome> {
-        dispatch!(self, s => s.create_request(new, Utc::now()).await)
+    pub async fn create_request(&self, new: NewRequest) -> StoreResult<CreateOutcome> {
+        detached!(self, s => s.create_request(&new, Utc::now()).await)
     }
 
     /// The request, if it exists and belongs to `owner`.
@@ -353,7 +375,8 @@ impl Store {
         id: RequestId,
         owner: &str,
     ) -> StoreResult<Option<RequestDetail>> {
-        dispatch!(self, s => s.request_detail(id, owner).await)
+        let owner = owner.to_string();
+        detached!(self, s => s.request_detail(id, &owner).await)
     }
 
     /// Leases up to `limit` runnable image jobs to `worker` for `lease`.
@@ -363,7 +386,8 @@ impl Store {
         limit: usize,
         lease: Duration,
     ) -> StoreResult<Vec<ImageJob>> {
-        dispatch!(self, s => s.claim_images(worker, limit as i64, lease, Utc::now()).await)
+        let worker = worker.to_string();
+        detached!(self, s => s.claim_images(&worker, limit as i64, lease, Utc::now()).await)
     }
 
     /// Extends the lease of every job `worker` holds.
@@ -389,7 +413,8 @@ impl Store {
         worker: &str,
         outcome: &JobOutcome,
     ) -> StoreResult<Settled> {
-        dispatch!(self, s => s.settle_image(job, worker, outcome, Utc::now()).await)
+        let (job, worker, outcome) = (job.clone(), worker.to_string(), outcome.clone());
+        detached!(self, s => s.settle_image(&job, &worker, &outcome, Utc::now()).await)
     }
 
     /// Image jobs waiting and running, across all processes: (pending, processing).
@@ -409,7 +434,8 @@ impl Store {
         limit: usize,
         lease: Duration,
     ) -> StoreResult<Vec<DeliveryJob>> {
-        dispatch!(self, s => s.claim_deliveries(worker, limit as i64, lease, Utc::now()).await)
+        let worker = worker.to_string();
+        detached!(self, s => s.claim_deliveries(&worker, limit as i64, lease, Utc::now()).await)
     }
 
     /// Keeps the body of a delivery, so retries send the same bytes.
@@ -425,7 +451,8 @@ impl Store {
         attempt: &AttemptRecord,
         next: AttemptNext,
     ) -> StoreResult<bool> {
-        dispatch!(self, s => s.record_attempt(job, worker, attempt, next).await)
+        let (job, worker, attempt) = (job.clone(), worker.to_string(), attempt.clone());
+        detached!(self, s => s.record_attempt(&job, &worker, &attempt, next).await)
     }
 
     /// Queues a failed delivery again, with a fresh schedule.
@@ -434,7 +461,8 @@ impl Store {
         id: RequestId,
         owner: &str,
     ) -> StoreResult<Option<WebhookRetry>> {
-        dispatch!(self, s => s.retry_webhook(id, owner, Utc::now()).await)
+        let owner = owner.to_string();
+        detached!(self, s => s.retry_webhook(id, &owner, Utc::now()).await)
     }
 
     /// The recorded attempts of a request's delivery: (status code, error), oldest first.

@@ -323,7 +323,7 @@ impl PgStore {
             "WITH picked AS ( \
                 SELECT id FROM images WHERE status = 'pending' AND duplicate_of IS NULL \
                 AND next_attempt_at <= $1 ORDER BY ordinal, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE images i SET status = 'processing', attempts = i.attempts + 1, locked_by = $3, \
+             UPDATE images i SET status = 'processing', attempts = i.attempts + 1, locked_by = $3, claimed_by = $3, \
                 locked_until = $4, updated_at = $1 \
              FROM picked WHERE i.id = picked.id \
              RETURNING i.id, i.request_id, i.product_id, i.ordinal, i.position, i.input_url, i.attempts",
@@ -379,13 +379,6 @@ impl PgStore {
     ) -> StoreResult<u64> {
         let r = sqlx::query(
             "UPDATE images SET locked_until = $1 WHERE locked_by = $2 AND status = 'processing'",
-        )
-        .bind(lease_until(now, lease))
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
-        sqlx::query(
-            "UPDATE webhook_deliveries SET locked_until = $1 WHERE locked_by = $2 AND state = 'pending'",
         )
         .bind(lease_until(now, lease))
         .bind(worker)

@@ -319,11 +319,12 @@ impl SqliteStore {
         let mut tx = self.write.begin().await?;
         let rows = sqlx::query(
             "UPDATE images SET status = 'processing', attempts = attempts + 1, locked_by = ?, \
-             locked_until = ?, updated_at = ? \
+             claimed_by = ?, locked_until = ?, updated_at = ? \
              WHERE id IN (SELECT id FROM images WHERE status = 'pending' AND duplicate_of IS NULL \
                           AND next_attempt_at <= ? ORDER BY ordinal, id LIMIT ?) \
              RETURNING id, request_id, product_id, ordinal, position, input_url, attempts",
         )
+        .bind(worker)
         .bind(worker)
         .bind(ms(lease_until(now, lease)))
         .bind(ms(now))
@@ -383,11 +384,6 @@ impl SqliteStore {
         .bind(worker)
         .execute(&self.write)
         .await?;
-        sqlx::query("UPDATE webhook_deliveries SET locked_until = ? WHERE locked_by = ? AND state = 'pending'")
-            .bind(ms(lease_until(now, lease)))
-            .bind(worker)
-            .execute(&self.write)
-            .await?;
         Ok(r.rows_affected())
     }
 

@@ -18,7 +18,7 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
         // that kills the worker must not be retried forever.
         JobOutcome::Failed {
             error: format!(
-                "gave up after {max} attempts: the worker processing it stopped each time"
+                "gave up: the worker processing it stopped during each of {max} attempts"
             ),
         }
     } else {
@@ -122,10 +122,11 @@ fn retry_or_fail(ctx: &Ctx, job: &ImageJob, error: String) -> JobOutcome {
     JobOutcome::Retry { error, at }
 }
 
-/// Records the outcome, riding out a short database outage. If the database stays away, the
-/// lease lapses and the job runs again; recording it then is idempotent.
+/// Records the outcome, riding out a database outage for as long as it lasts: this process
+/// keeps the job's lease alive meanwhile, so giving up here would strand the job. A graceful
+/// shutdown aborts the wait and hands the job back; recording it again later is idempotent.
 async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) {
-    for attempt in 1..=6u32 {
+    for attempt in 1u32.. {
         match ctx.store.settle_image(job, &ctx.worker_id, outcome).await {
             Ok(s) => {
                 if !s.recorded {

@@ -32,9 +32,12 @@ pub(crate) async fn deliver(
         let jobs = if free == 0 {
             Vec::new()
         } else {
+            // Not renewed by the heartbeat: an attempt is bounded by the webhook timeout, so a
+            // lease longer than that lapses by itself if anything goes wrong mid-attempt.
+            let lease = ctx.config.limits.webhook_timeout + ctx.config.workers.lease;
             match ctx
                 .store
-                .claim_deliveries(&ctx.worker_id, free, ctx.config.workers.lease)
+                .claim_deliveries(&ctx.worker_id, free, lease)
                 .await
             {
                 Ok(jobs) => jobs,
@@ -84,6 +87,8 @@ async fn attempt(ctx: &Ctx, sender: &Sender, job: DeliveryJob) {
             Some("receiver answered 410 Gone; delivery stopped".to_string()),
             AttemptNext::Failed,
         ),
+        // The address will not become public by waiting: do not retry for a day.
+        SendOutcome::Refused(error) => (None, Some(error), AttemptNext::Failed),
         SendOutcome::Failed {
             status,
             error,

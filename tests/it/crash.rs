@@ -9,9 +9,33 @@ use crate::common::origin::{self, Origin};
 use crate::common::{csv, TestApp, TestDb};
 use crate::db_test;
 
+/// A child process that is killed when dropped, so a failing test leaves no service behind.
+struct Service(Child);
+
+impl Service {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The real `imgbatch serve` as a child process; returns it and its base URL (read from the
 /// first log line, which names the bound address).
-fn spawn_binary(db: &TestDb, extra: &[(&str, &str)]) -> (Child, String) {
+fn spawn_binary(db: &TestDb, extra: &[(&str, &str)]) -> (Service, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgbatch"));
     cmd.arg("serve")
         .env_clear()
@@ -39,7 +63,7 @@ fn spawn_binary(db: &TestDb, extra: &[(&str, &str)]) -> (Child, String) {
         .unwrap_or_else(|| panic!("first line names the address: {first}"));
     // Keep draining the logs so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{address}"))
+    (Service(child), format!("http://{address}"))
 }
 
 fn client_for(base: String) -> TestApp {

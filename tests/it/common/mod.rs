@@ -167,6 +167,9 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn start(config: Config) -> Self {
+        if std::env::var_os("RUST_LOG").is_some() {
+            imgbatch::telemetry::init(imgbatch::config::LogFormat::Text);
+        }
         let server = imgbatch::start(config).await.expect("service starts");
         let base = server.base_url();
         TestApp {
