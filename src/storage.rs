@@ -7,7 +7,7 @@ use anyhow::Context;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
 
 #[derive(Clone)]
 pub struct Storage {
@@ -16,6 +16,9 @@ pub struct Storage {
     prefix: String,
     /// Base of public URLs, ending without a slash.
     url_base: String,
+    /// Object stores serve the Content-Type they were given; a folder is served by us, which
+    /// names the type from the extension (and LocalFileSystem keeps no attributes).
+    set_content_type: bool,
 }
 
 impl Storage {
@@ -35,6 +38,7 @@ impl Storage {
                     inner: Arc::new(LocalFileSystem::new_with_prefix(location)?),
                     prefix: String::new(),
                     url_base: format!("{public_url}/images"),
+                    set_content_type: false,
                 }
             }
         };
@@ -73,6 +77,7 @@ impl Storage {
             inner: Arc::new(store),
             prefix: prefix.trim_matches('/').to_string(),
             url_base,
+            set_content_type: true,
         })
     }
 
@@ -85,19 +90,31 @@ impl Storage {
     }
 
     async fn probe(&self) -> anyhow::Result<()> {
-        let path = self.path(".imgbatch-write-check");
+        // One name per process: several processes may start at once on one storage.
+        let name = format!(".imgbatch-write-check-{}", uuid::Uuid::new_v4().simple());
+        let path = self.path(&name);
         self.inner
             .put(&path, PutPayload::from_static(b"ok"))
             .await?;
-        self.inner.delete(&path).await?;
-        Ok(())
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Stores bytes under `key` (overwriting: storing the same output twice is harmless) and
     /// returns its public URL.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> object_store::Result<String> {
         let path = self.path(key);
-        self.inner.put(&path, PutPayload::from(bytes)).await?;
+        let mut opts = PutOptions::default();
+        if self.set_content_type {
+            let mut attributes = Attributes::new();
+            attributes.insert(Attribute::ContentType, "image/jpeg".into());
+            opts.attributes = attributes;
+        }
+        self.inner
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await?;
         Ok(format!("{}/{}", self.url_base, path))
     }
 }

@@ -1,94 +1,13 @@
 //! Crash recovery and signals, on the real binary: SIGKILL mid-batch then restart; SIGTERM
 //! exits cleanly and holds no lease.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::csv;
 use crate::common::origin::{self, Origin};
-use crate::common::{csv, TestApp, TestDb};
+use crate::common::process::{client_for, spawn_binary, wait_ready};
 use crate::db_test;
-
-/// A child process that is killed when dropped, so a failing test leaves no service behind.
-struct Service(Child);
-
-impl Service {
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The real `imgbatch serve` as a child process; returns it and its base URL (read from the
-/// first log line, which names the bound address).
-fn spawn_binary(db: &TestDb, extra: &[(&str, &str)]) -> (Service, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgbatch"));
-    cmd.arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("IMGBATCH_BIND", "127.0.0.1:0")
-        .env("IMGBATCH_STORAGE", db.storage_dir())
-        .env("IMGBATCH_ALLOW_PRIVATE_NETWORKS", "true")
-        .env("IMGBATCH_LOG_FORMAT", "json")
-        .env("IMGBATCH_LEASE", "2s")
-        .env("IMGBATCH_POLL_INTERVAL", "200ms")
-        .env("IMGBATCH_RETRY_BASE", "100ms")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("a first log line").unwrap();
-    let log: serde_json::Value =
-        serde_json::from_str(&first).unwrap_or_else(|_| panic!("JSON log line: {first}"));
-    let address = log["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("first line names the address: {first}"));
-    // Keep draining the logs so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Service(child), format!("http://{address}"))
-}
-
-fn client_for(base: String) -> TestApp {
-    TestApp {
-        server: None,
-        base,
-        http: reqwest::Client::new(),
-    }
-}
-
-async fn wait_ready(app: &TestApp) {
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = app.http.get(app.url("/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "service did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 db_test!(
     sigkill_mid_batch_then_restart_settles_every_image_once,

@@ -6,5 +6,6 @@ mod common;
 mod client;
 mod crash;
 mod pipeline;
+mod scale;
 mod upload;
 mod webhooks;

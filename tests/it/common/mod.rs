@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod origin;
+pub mod process;
 pub mod receiver;
 
 use std::path::PathBuf;

@@ -1,0 +1,163 @@
+//! Bit reader over an entropy-coded segment.
+//!
+//! Bits sit MSB-first in a 64-bit buffer, refilled to at least 57 valid bits, so one refill
+//! covers a Huffman code (<= 16 bits) plus its extra bits (<= 11) several times over. Stuffed
+//! `FF 00` pairs become `FF`; at a marker (or the end of input) the reader stops consuming bytes
+//! and feeds zero bits, counting them, so that decoding never runs off the slice and the caller
+//! can tell afterwards whether it used bits that were not there (truncated or corrupt data).
+
+use super::{err, JpegError};
+
+pub(crate) struct BitReader<'a> {
+    data: &'a [u8],
+    /// Next unread byte.
+    pub(crate) pos: usize,
+    buf: u64,
+    /// Valid bits at the top of `buf`.
+    nbits: u32,
+    /// Zero bytes fed after hitting a marker or the end of the data.
+    fake_bytes: u32,
+    at_marker: bool,
+}
+
+/// True if any byte of `w` is 0xFF (bit trick: a zero byte in `!w`).
+#[inline]
+fn has_ff(w: u64) -> bool {
+    let x = !w;
+    (x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080) != 0
+}
+
+impl<'a> BitReader<'a> {
+    pub(crate) fn new(data: &'a [u8], pos: usize) -> Self {
+        BitReader {
+            data,
+            pos,
+            buf: 0,
+            nbits: 0,
+            fake_bytes: 0,
+            at_marker: false,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn refill(&mut self) {
+        // Fast path: eight bytes without 0xFF can be appended wholesale. Bits below the valid
+        // region are then the true next bits, so OR-ing the same bytes in later is harmless.
+        if self.pos + 8 <= self.data.len() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&self.data[self.pos..self.pos + 8]);
+            let w = u64::from_be_bytes(b);
+            if !has_ff(w) {
+                self.buf |= w >> self.nbits;
+                let k = (63 - self.nbits) / 8;
+                self.pos += k as usize;
+                self.nbits += k * 8;
+                return;
+            }
+        }
+        self.refill_slow();
+    }
+
+    #[cold]
+    fn refill_slow(&mut self) {
+        while self.nbits <= 56 {
+            let mut byte = 0u8;
+            if !self.at_marker && self.pos < self.data.len() {
+                let b = self.data[self.pos];
+                if b != 0xFF {
+                    byte = b;
+                    self.pos += 1;
+                } else if self.data.get(self.pos + 1) == Some(&0) {
+                    byte = 0xFF;
+                    self.pos += 2;
+                } else {
+                    // A marker (or FF at the very end): stop here, leave `pos` on the FF.
+                    self.at_marker = true;
+                    self.fake_bytes += 1;
+                }
+            } else {
+                self.fake_bytes += 1;
+            }
+            self.buf |= u64::from(byte) << (56 - self.nbits);
+            self.nbits += 8;
+        }
+    }
+
+    /// Top 16 bits of the buffer (valid after a refill).
+    #[inline]
+    pub(crate) fn peek16(&self) -> u32 {
+        (self.buf >> 48) as u32
+    }
+
+    #[inline]
+    pub(crate) fn bits_left(&self) -> u32 {
+        self.nbits
+    }
+
+    #[inline]
+    pub(crate) fn consume(&mut self, n: u32) {
+        // Callers refill before each symbol, so n <= nbits; saturate anyway rather than panic.
+        let n = n.min(self.nbits);
+        self.buf = if n >= 64 { 0 } else { self.buf << n };
+        self.nbits -= n;
+    }
+
+    /// Reads `n` (0-16) raw bits.
+    #[inline]
+    pub(crate) fn get_bits(&mut self, n: u32) -> u32 {
+        if n == 0 {
+            return 0;
+        }
+        let v = (self.buf >> (64 - n)) as u32;
+        self.consume(n);
+        v
+    }
+
+    /// Reads `s` extra bits and sign-extends them as T.81 F.2.2.1 EXTEND does.
+    #[inline]
+    pub(crate) fn receive_extend(&mut self, s: u32) -> i32 {
+        if s == 0 {
+            return 0;
+        }
+        let v = self.get_bits(s) as i32;
+        if v < (1 << (s - 1)) {
+            v - (1 << s) + 1
+        } else {
+            v
+        }
+    }
+
+    /// Ok if every bit consumed so far was real data, Err if decoding ran into a marker or
+    /// past the end of the input.
+    pub(crate) fn check_not_overrun(&self) -> Result<(), JpegError> {
+        if self.fake_bytes * 8 > self.nbits {
+            return err("entropy-coded data is truncated or corrupt");
+        }
+        Ok(())
+    }
+
+    /// Drops the buffered bits and positions on the next marker, returning (marker, position
+    /// after it). Used at restart intervals and at the end of a scan.
+    pub(crate) fn next_marker(&mut self) -> Result<(u8, usize), JpegError> {
+        self.check_not_overrun()?;
+        self.buf = 0;
+        self.nbits = 0;
+        self.fake_bytes = 0;
+        self.at_marker = false;
+        // Only padding bits can be left; anything but fill bytes before the marker means the
+        // data was corrupt.
+        let d = self.data;
+        let mut p = self.pos;
+        while p < d.len() && d[p] == 0xFF && d.get(p + 1) == Some(&0xFF) {
+            p += 1;
+        }
+        if p + 1 >= d.len() {
+            return err("entropy-coded data is truncated");
+        }
+        if d[p] != 0xFF || d[p + 1] == 0 {
+            return err("extraneous bytes in entropy-coded data");
+        }
+        self.pos = p + 2;
+        Ok((d[p + 1], p + 2))
+    }
+}

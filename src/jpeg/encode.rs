@@ -1,0 +1,288 @@
+//! Baseline writer: gathers symbol statistics, builds optimal tables, entropy-codes one
+//! interleaved scan.
+
+use super::huffman::{build_optimal, EncodeTable, HuffSpec};
+use super::parse::Image;
+use super::{err, JpegError};
+
+/// Accumulates bits MSB-first and emits bytes with 0xFF stuffing.
+struct BitWriter {
+    out: Vec<u8>,
+    acc: u64,
+    /// Pending bits in the low end of `acc`.
+    n: u32,
+}
+
+impl BitWriter {
+    /// Appends the low `len` bits of `bits` (len <= 32).
+    #[inline]
+    fn put(&mut self, bits: u32, len: u32) {
+        self.acc = (self.acc << len) | u64::from(bits);
+        self.n += len;
+        if self.n >= 32 {
+            self.n -= 32;
+            let w = (self.acc >> self.n) as u32;
+            let b = w.to_be_bytes();
+            // Stuff a zero after every 0xFF; the check is cheap and 0xFF bytes are rare.
+            if b.contains(&0xFF) {
+                for &x in &b {
+                    self.out.push(x);
+                    if x == 0xFF {
+                        self.out.push(0);
+                    }
+                }
+            } else {
+                self.out.extend_from_slice(&b);
+            }
+        }
+    }
+
+    /// Pads the last byte with 1 bits, as T.81 requires, and flushes.
+    fn finish(&mut self) {
+        let pad = (8 - self.n % 8) % 8;
+        self.put((1 << pad) - 1, pad);
+        while self.n >= 8 {
+            self.n -= 8;
+            let x = (self.acc >> self.n) as u8;
+            self.out.push(x);
+            if x == 0xFF {
+                self.out.push(0);
+            }
+        }
+    }
+}
+
+/// Receives the symbol stream of a scan; implemented once for counting, once for writing.
+trait Sink {
+    fn dc(&mut self, table: usize, size: u32, bits: u32);
+    fn ac(&mut self, table: usize, rs: u8, size: u32, bits: u32);
+}
+
+struct Counter {
+    dc: [[u32; 256]; 2],
+    ac: [[u32; 256]; 2],
+}
+
+impl Sink for Counter {
+    #[inline]
+    fn dc(&mut self, t: usize, size: u32, _: u32) {
+        self.dc[t][size as usize] += 1;
+    }
+    #[inline]
+    fn ac(&mut self, t: usize, rs: u8, _: u32, _: u32) {
+        self.ac[t][rs as usize] += 1;
+    }
+}
+
+struct Writer<'a> {
+    w: BitWriter,
+    dc: [&'a EncodeTable; 2],
+    ac: [&'a EncodeTable; 2],
+}
+
+impl Sink for Writer<'_> {
+    #[inline]
+    fn dc(&mut self, t: usize, size: u32, bits: u32) {
+        let tab = self.dc[t];
+        let s = size as usize;
+        let code = (u32::from(tab.code[s]) << size) | bits;
+        self.w.put(code, u32::from(tab.len[s]) + size);
+    }
+    #[inline]
+    fn ac(&mut self, t: usize, rs: u8, size: u32, bits: u32) {
+        let tab = self.ac[t];
+        let s = rs as usize;
+        let code = (u32::from(tab.code[s]) << size) | bits;
+        self.w.put(code, u32::from(tab.len[s]) + size);
+    }
+}
+
+/// Magnitude category and the extra bits that encode `v` (T.81 F.1.2.1).
+#[inline]
+fn category(v: i32) -> (u32, u32) {
+    let a = v.unsigned_abs();
+    let size = 32 - a.leading_zeros();
+    let bits = if v < 0 { (v - 1) as u32 } else { v as u32 };
+    (size, bits & ((1u32 << size) - 1))
+}
+
+/// Emits the symbols of one block. Returns false if a value is outside baseline range.
+#[inline]
+fn block_symbols<S: Sink>(sink: &mut S, t: usize, block: &[i16], pred: &mut i32) -> bool {
+    let dc = i32::from(block[0]);
+    let (size, bits) = category(dc - *pred);
+    *pred = dc;
+    if size > 11 {
+        return false;
+    }
+    sink.dc(t, size, bits);
+    // Bit k set = coefficient k nonzero; walking set bits skips the zero runs directly.
+    let mut mask = 0u64;
+    for (k, &c) in block.iter().enumerate().skip(1) {
+        mask |= u64::from(c != 0) << k;
+    }
+    let mut last = 0u32; // index of the previous nonzero coefficient
+    while mask != 0 {
+        let k = mask.trailing_zeros();
+        mask &= mask - 1;
+        let mut run = k - last - 1;
+        while run >= 16 {
+            sink.ac(t, 0xF0, 0, 0);
+            run -= 16;
+        }
+        let (size, bits) = category(i32::from(block[k as usize]));
+        if size > 10 {
+            return false;
+        }
+        sink.ac(t, ((run << 4) | size) as u8, size, bits);
+        last = k;
+    }
+    if last != 63 {
+        sink.ac(t, 0x00, 0, 0);
+    }
+    true
+}
+
+/// Walks the frame in output order: interleaved MCUs for several components, plain block
+/// order for one.
+fn walk<S: Sink>(img: &Image, sink: &mut S) -> Result<(), JpegError> {
+    let mut pred = [0i32; 4];
+    let ok = if img.comps.len() == 1 {
+        let c = &img.comps[0];
+        let mut ok = true;
+        for by in 0..c.h_blocks {
+            for bx in 0..c.w_blocks {
+                let off = (by * c.bw + bx) * 64;
+                ok &= block_symbols(sink, 0, &c.coeffs[off..off + 64], &mut pred[0]);
+            }
+        }
+        ok
+    } else {
+        let mut ok = true;
+        for my in 0..img.mcuy {
+            for mx in 0..img.mcux {
+                for (ci, c) in img.comps.iter().enumerate() {
+                    let t = usize::from(ci != 0);
+                    let (h, v) = (c.h as usize, c.v as usize);
+                    for oy in 0..v {
+                        let row = (my * v + oy) * c.bw;
+                        for ox in 0..h {
+                            let off = (row + mx * h + ox) * 64;
+                            ok &= block_symbols(sink, t, &c.coeffs[off..off + 64], &mut pred[ci]);
+                        }
+                    }
+                }
+            }
+        }
+        ok
+    };
+    if ok {
+        Ok(())
+    } else {
+        err("coefficient out of baseline range")
+    }
+}
+
+fn push_segment(out: &mut Vec<u8>, marker: u8, payload: &[u8]) {
+    out.extend_from_slice(&[0xFF, marker]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Writes `img` as a baseline JPEG with one interleaved scan and optimal Huffman tables.
+pub(crate) fn write_baseline(img: &Image) -> Result<Vec<u8>, JpegError> {
+    let nc = img.comps.len();
+    if nc != 1 && nc != 3 {
+        return err(format!("cannot write {nc} components"));
+    }
+    // Pass 1: statistics.
+    let mut counter = Counter {
+        dc: [[0; 256]; 2],
+        ac: [[0; 256]; 2],
+    };
+    walk(img, &mut counter)?;
+    let ntab = if nc == 1 { 1 } else { 2 };
+    let dc_specs: Vec<HuffSpec> = (0..ntab).map(|t| build_optimal(&counter.dc[t])).collect();
+    let ac_specs: Vec<HuffSpec> = (0..ntab).map(|t| build_optimal(&counter.ac[t])).collect();
+
+    // Quantisation tables: deduplicate per-component tables into at most 4 slots (after
+    // requantisation, components that shared an input table may no longer share one).
+    let mut qtabs: Vec<[u16; 64]> = Vec::new();
+    let mut comp_tq = Vec::with_capacity(nc);
+    for c in &img.comps {
+        let idx = match qtabs.iter().position(|q| *q == c.qt) {
+            Some(i) => i,
+            None => {
+                qtabs.push(c.qt);
+                qtabs.len() - 1
+            }
+        };
+        comp_tq.push(idx as u8);
+    }
+    if qtabs.len() > 4 {
+        return err("too many quantisation tables");
+    }
+
+    let mut out = Vec::with_capacity(estimate_size(img));
+    out.extend_from_slice(&[0xFF, 0xD8]);
+    let mut dqt = Vec::new();
+    for (i, q) in qtabs.iter().enumerate() {
+        // 16-bit precision only when a step needs it (possible only if the input had it).
+        let wide = q.iter().any(|&v| v > 255);
+        dqt.push(((wide as u8) << 4) | i as u8);
+        for &v in q {
+            if wide {
+                dqt.extend_from_slice(&v.to_be_bytes());
+            } else {
+                dqt.push(v as u8);
+            }
+        }
+    }
+    push_segment(&mut out, 0xDB, &dqt);
+    let mut sof = vec![8];
+    sof.extend_from_slice(&img.height.to_be_bytes());
+    sof.extend_from_slice(&img.width.to_be_bytes());
+    sof.push(nc as u8);
+    for (c, &tq) in img.comps.iter().zip(&comp_tq) {
+        sof.extend_from_slice(&[c.id, (c.h << 4) | c.v, tq]);
+    }
+    push_segment(&mut out, 0xC0, &sof);
+    let mut dht = Vec::new();
+    for (class, specs) in [(0u8, &dc_specs), (1u8, &ac_specs)] {
+        for (t, s) in specs.iter().enumerate() {
+            dht.push((class << 4) | t as u8);
+            dht.extend_from_slice(&s.counts);
+            dht.extend_from_slice(&s.symbols);
+        }
+    }
+    push_segment(&mut out, 0xC4, &dht);
+    let mut sos = vec![nc as u8];
+    for (ci, c) in img.comps.iter().enumerate() {
+        let t = u8::from(ci != 0);
+        sos.extend_from_slice(&[c.id, (t << 4) | t]);
+    }
+    sos.extend_from_slice(&[0, 63, 0]);
+    push_segment(&mut out, 0xDA, &sos);
+
+    // Pass 2: entropy-coded data.
+    let dc_enc: Vec<EncodeTable> = dc_specs.iter().map(EncodeTable::new).collect();
+    let ac_enc: Vec<EncodeTable> = ac_specs.iter().map(EncodeTable::new).collect();
+    let last = ntab - 1;
+    let mut writer = Writer {
+        w: BitWriter { out, acc: 0, n: 0 },
+        dc: [&dc_enc[0], &dc_enc[last]],
+        ac: [&ac_enc[0], &ac_enc[last]],
+    };
+    walk(img, &mut writer)?;
+    writer.w.finish();
+    let mut out = writer.w.out;
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    Ok(out)
+}
+
+/// A rough output size so the buffer rarely reallocates: about a byte per 8 coefficients is
+/// generous for photos at usual qualities.
+fn estimate_size(img: &Image) -> usize {
+    let coeffs: usize = img.comps.iter().map(|c| c.coeffs.len()).sum();
+    1024 + coeffs / 8
+}

@@ -1,0 +1,225 @@
+//! Huffman tables: decoding (table-driven), optimal length-limited construction, encoding.
+
+use super::bitread::BitReader;
+use super::{err, JpegError};
+
+/// Bits resolved by one table lookup; codes up to this length (nearly all of them in practice)
+/// decode with a single lookup, longer ones fall back to a canonical-code walk.
+const LOOKAHEAD: u32 = 9;
+
+/// A DHT table as transmitted: number of codes per length 1-16 and the symbols in code order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HuffSpec {
+    pub(crate) counts: [u8; 16],
+    pub(crate) symbols: Vec<u8>,
+}
+
+/// Decoding form of a table.
+#[derive(Clone)]
+pub(crate) struct DecodeTable {
+    /// Indexed by the next LOOKAHEAD bits: (code length << 8) | symbol, 0 if the code is longer.
+    lookup: Vec<u16>,
+    /// For lengths 1..=16: largest code of that length (-1 if none).
+    maxcode: [i32; 18],
+    /// For lengths 1..=16: index into `symbols` of the first code of that length, minus that
+    /// code's value.
+    valoffset: [i32; 17],
+    symbols: Vec<u8>,
+}
+
+impl DecodeTable {
+    pub(crate) fn new(spec: &HuffSpec) -> Result<Self, JpegError> {
+        let total: usize = spec.counts.iter().map(|&c| c as usize).sum();
+        if total > 256 || total != spec.symbols.len() {
+            return err("invalid Huffman table");
+        }
+        let mut lookup = vec![0u16; 1 << LOOKAHEAD];
+        let mut maxcode = [-1i32; 18];
+        let mut valoffset = [0i32; 17];
+        let mut code: u32 = 0;
+        let mut k = 0usize;
+        for len in 1..=16u32 {
+            let n = u32::from(spec.counts[len as usize - 1]);
+            valoffset[len as usize] = k as i32 - code as i32;
+            for _ in 0..n {
+                // Canonical codes must fit in `len` bits; an over-full table is corrupt.
+                if code >= (1 << len) {
+                    return err("invalid Huffman table (over-subscribed)");
+                }
+                if len <= LOOKAHEAD {
+                    let shift = LOOKAHEAD - len;
+                    let entry = ((len as u16) << 8) | u16::from(spec.symbols[k]);
+                    let start = (code << shift) as usize;
+                    lookup[start..start + (1 << shift)].fill(entry);
+                }
+                code += 1;
+                k += 1;
+            }
+            if n > 0 {
+                maxcode[len as usize] = code as i32 - 1;
+            }
+            code <<= 1;
+        }
+        maxcode[17] = i32::MAX; // sentinel
+        Ok(DecodeTable {
+            lookup,
+            maxcode,
+            valoffset,
+            symbols: spec.symbols.clone(),
+        })
+    }
+
+    /// Decodes one symbol. The reader must have at least 16 valid bits (refill first).
+    #[inline]
+    pub(crate) fn decode(&self, r: &mut BitReader) -> Result<u8, JpegError> {
+        let bits = r.peek16();
+        let e = self.lookup[(bits >> (16 - LOOKAHEAD)) as usize];
+        if e != 0 {
+            r.consume(u32::from(e >> 8));
+            return Ok(e as u8);
+        }
+        self.decode_slow(r, bits)
+    }
+
+    #[cold]
+    fn decode_slow(&self, r: &mut BitReader, bits: u32) -> Result<u8, JpegError> {
+        for len in (LOOKAHEAD + 1)..=16 {
+            let code = (bits >> (16 - len)) as i32;
+            if code <= self.maxcode[len as usize] {
+                let idx = self.valoffset[len as usize] + code;
+                r.consume(len);
+                return match self.symbols.get(idx as usize) {
+                    Some(&s) => Ok(s),
+                    None => err("invalid Huffman code"),
+                };
+            }
+        }
+        err("invalid Huffman code")
+    }
+}
+
+/// Encoding form of a table: code and length per symbol.
+pub(crate) struct EncodeTable {
+    pub(crate) code: [u16; 256],
+    pub(crate) len: [u8; 256],
+}
+
+impl EncodeTable {
+    pub(crate) fn new(spec: &HuffSpec) -> Self {
+        let mut t = EncodeTable {
+            code: [0; 256],
+            len: [0; 256],
+        };
+        let mut code: u32 = 0;
+        let mut k = 0;
+        for len in 1..=16u8 {
+            for _ in 0..spec.counts[len as usize - 1] {
+                let s = spec.symbols[k] as usize;
+                t.code[s] = code as u16;
+                t.len[s] = len;
+                code += 1;
+                k += 1;
+            }
+            code <<= 1;
+        }
+        t
+    }
+}
+
+/// Builds an optimal Huffman table limited to 16-bit codes from symbol frequencies, following
+/// T.81 Annex K.2 (as libjpeg's jchuff.c does): Huffman's algorithm with a reserved extra
+/// symbol of frequency 1, so that no real symbol gets the all-ones code, then lengths above 16
+/// are folded back (K.3) and the reserved code is dropped.
+pub(crate) fn build_optimal(freq: &[u32; 256]) -> HuffSpec {
+    const N: usize = 257;
+    let mut f = [0u64; N];
+    for (d, &s) in f.iter_mut().zip(freq.iter()) {
+        *d = u64::from(s);
+    }
+    if f[..256].iter().all(|&x| x == 0) {
+        // Keep the table non-empty: some decoders reject empty DHT tables.
+        f[0] = 1;
+    }
+    f[256] = 1;
+    let mut codesize = [0usize; N];
+    let mut others = [usize::MAX; N];
+    loop {
+        // c1 = least frequent, c2 = next least; ties go to the larger symbol value, as in K.2.
+        let mut c1 = usize::MAX;
+        let mut v = u64::MAX;
+        for (i, &x) in f.iter().enumerate() {
+            if x != 0 && x <= v {
+                v = x;
+                c1 = i;
+            }
+        }
+        let mut c2 = usize::MAX;
+        v = u64::MAX;
+        for (i, &x) in f.iter().enumerate() {
+            if x != 0 && x <= v && i != c1 {
+                v = x;
+                c2 = i;
+            }
+        }
+        if c2 == usize::MAX {
+            break;
+        }
+        f[c1] += f[c2];
+        f[c2] = 0;
+        codesize[c1] += 1;
+        while others[c1] != usize::MAX {
+            c1 = others[c1];
+            codesize[c1] += 1;
+        }
+        others[c1] = c2;
+        codesize[c2] += 1;
+        while others[c2] != usize::MAX {
+            c2 = others[c2];
+            codesize[c2] += 1;
+        }
+    }
+    // Count codes per length; lengths can exceed 16 (up to 256 in theory).
+    let mut bits = [0u32; N + 1];
+    for &cs in codesize.iter() {
+        if cs > 0 {
+            bits[cs] += 1;
+        }
+    }
+    // K.3 Adjust_BITS: move pairs of the longest codes up until nothing is longer than 16.
+    let mut i = N;
+    while i > 16 {
+        while bits[i] > 0 {
+            let mut j = i - 2;
+            while bits[j] == 0 {
+                j -= 1;
+            }
+            bits[i] -= 2;
+            bits[i - 1] += 1;
+            bits[j + 1] += 2;
+            bits[j] -= 1;
+        }
+        i -= 1;
+    }
+    // Drop the reserved symbol's code: it is one of the longest.
+    let mut i = 16;
+    while bits[i] == 0 {
+        i -= 1;
+    }
+    bits[i] -= 1;
+
+    let mut counts = [0u8; 16];
+    for l in 1..=16 {
+        counts[l - 1] = bits[l] as u8;
+    }
+    // Symbols sorted by their (unadjusted) code length, then value: the adjustment preserves
+    // that order, which is what makes the reassignment by position valid.
+    let mut symbols = Vec::with_capacity(256);
+    for l in 1..N {
+        for (s, &cs) in codesize[..256].iter().enumerate() {
+            if cs == l {
+                symbols.push(s as u8);
+            }
+        }
+    }
+    HuffSpec { counts, symbols }
+}

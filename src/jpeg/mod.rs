@@ -1,0 +1,198 @@
+//! JPEG work in the DCT-coefficient domain, in pure Rust with no dependencies.
+//!
+//! Reading a JPEG only as far as its quantised DCT coefficients (entropy decoding, no IDCT, no
+//! colour conversion, no resampling) is several times cheaper than decoding to pixels, and
+//! writing coefficients back is cheaper still than encoding pixels. Two operations build on it:
+//!
+//! - [`optimize_huffman`]: a lossless re-encode with Huffman tables fitted to the image
+//!   (typically 7-15% smaller than the standard tables), same coefficients, same pixels.
+//! - [`requantize`]: re-encode at a lower quality by rescaling the coefficients to the standard
+//!   IJG tables for that quality, keeping the input's step wherever it is already coarser.
+//!
+//! Output is always one baseline interleaved scan (SOI, DQT, SOF0, DHT, SOS, data, EOI) with all
+//! metadata stripped. Inputs that cannot be represented that way without changing what they
+//! mean (arithmetic coding, 12-bit, lossless, CMYK/YCCK, Adobe RGB transform, ...) are refused
+//! with a reason, so the caller can take the pixel path.
+//!
+//! Layout: `bitread` (entropy-coded segment reader), `huffman` (decode tables, optimal table
+//! construction, encode tables), `parse` (markers and the scan loop), `decode` (scan decoding
+//! into coefficient buffers), `encode` (bit writer and the baseline writer).
+
+mod bitread;
+mod decode;
+mod encode;
+mod huffman;
+mod parse;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+/// Why a JPEG could not be read or written; the message is meant for logs and status bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JpegError(pub String);
+
+impl fmt::Display for JpegError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "jpeg: {}", self.0)
+    }
+}
+
+impl std::error::Error for JpegError {}
+
+pub(crate) fn err<T>(msg: impl Into<String>) -> Result<T, JpegError> {
+    Err(JpegError(msg.into()))
+}
+
+/// A re-encoded JPEG and its dimensions.
+#[derive(Debug, Clone)]
+pub struct Requantized {
+    pub jpeg: Vec<u8>,
+    pub width: u16,
+    pub height: u16,
+}
+
+/// One frame component as declared in the SOF segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentInfo {
+    pub id: u8,
+    /// Horizontal and vertical sampling factors (1-4).
+    pub h: u8,
+    pub v: u8,
+    /// Index of the quantisation table it uses.
+    pub tq: u8,
+}
+
+/// What the headers say, without entropy decoding. Useful for choosing a path.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub width: u16,
+    pub height: u16,
+    pub components: Vec<ComponentInfo>,
+    pub progressive: bool,
+    /// Sample precision in bits (8 for everything we can process).
+    pub precision: u8,
+    /// Quantisation tables by index, in zigzag order, as last defined before the first scan.
+    pub quant_tables: [Option<[u16; 64]>; 4],
+    /// The transform byte of an Adobe APP14 segment, if there is one
+    /// (0 = none/RGB/CMYK, 1 = YCbCr, 2 = YCCK).
+    pub adobe_transform: Option<u8>,
+    /// EXIF orientation (1-8), if an EXIF segment states one.
+    pub exif_orientation: Option<u16>,
+    /// Why [`optimize_huffman`]/[`requantize`] would refuse this file, if they would.
+    pub unsupported: Option<String>,
+}
+
+/// Reads the headers of `jpeg` (stops at the first scan).
+pub fn info(jpeg: &[u8]) -> Result<Info, JpegError> {
+    parse::read_info(jpeg)
+}
+
+/// Losslessly re-encodes a JPEG with Huffman tables optimised for its own symbol statistics.
+///
+/// The output has the same frame, quantisation tables and coefficients as the input, hence
+/// decodes to exactly the same pixels, as one baseline interleaved scan without restart markers
+/// and without metadata.
+pub fn optimize_huffman(jpeg: &[u8]) -> Result<Vec<u8>, JpegError> {
+    let img = parse::read_coefficients(jpeg)?;
+    encode::write_baseline(&img)
+}
+
+/// Re-encodes a JPEG at `quality` (1-100) in the coefficient domain.
+///
+/// Target tables are the IJG (Annex K) tables scaled for `quality` as libjpeg scales them;
+/// where the input's step is already at least the target's, the input step and coefficient
+/// are kept, so an input at or below the target quality comes out pixel-identical.
+pub fn requantize(jpeg: &[u8], quality: u8) -> Result<Requantized, JpegError> {
+    if !(1..=100).contains(&quality) {
+        return err(format!("quality {quality} is outside 1-100"));
+    }
+    let mut img = parse::read_coefficients(jpeg)?;
+    requantize_image(&mut img, quality);
+    let bytes = encode::write_baseline(&img)?;
+    Ok(Requantized {
+        jpeg: bytes,
+        width: img.width,
+        height: img.height,
+    })
+}
+
+/// Rescales every component's coefficients to the target tables for `quality`.
+fn requantize_image(img: &mut parse::Image, quality: u8) {
+    let luma = scaled_table(&STD_LUMA_QT, quality);
+    let chroma = scaled_table(&STD_CHROMA_QT, quality);
+    for (ci, comp) in img.comps.iter_mut().enumerate() {
+        let target = if ci == 0 { &luma } else { &chroma };
+        let qin = comp.qt;
+        let mut qout = qin;
+        let mut changed = false;
+        for k in 0..64 {
+            if qin[k] < target[k] {
+                qout[k] = target[k];
+                changed = true;
+            }
+        }
+        if !changed {
+            continue;
+        }
+        // Per position: (input step, output step), or None where the coefficient is kept.
+        let mut ratio = [(0u32, 0u32); 64];
+        for k in 0..64 {
+            if qout[k] != qin[k] {
+                ratio[k] = (u32::from(qin[k]), u32::from(qout[k]));
+            }
+        }
+        for block in comp.coeffs.chunks_exact_mut(64) {
+            for (c, &(num, den)) in block.iter_mut().zip(ratio.iter()) {
+                // Most coefficients are zero; skip them before the division.
+                if *c != 0 && den != 0 {
+                    *c = rescale(*c, num, den);
+                }
+            }
+        }
+        comp.qt = qout;
+    }
+}
+
+/// round(v * num / den), rounding halves away from zero.
+#[inline]
+fn rescale(v: i16, num: u32, den: u32) -> i16 {
+    let a = u32::from(v.unsigned_abs()) * num;
+    let q = ((2 * a + den) / (2 * den)) as i32;
+    (if v < 0 { -q } else { q }) as i16
+}
+
+/// libjpeg's quality scaling (jcparam.c `jpeg_quality_scaling` + `jpeg_add_quant_table` with
+/// baseline clamping), returned in zigzag order like DQT payloads and our coefficient blocks.
+pub fn scaled_table(base_natural: &[u16; 64], quality: u8) -> [u16; 64] {
+    let q = u32::from(quality.clamp(1, 100));
+    let scale = if q < 50 { 5000 / q } else { 200 - 2 * q };
+    let mut out = [0u16; 64];
+    for (zz, o) in out.iter_mut().enumerate() {
+        let base = u32::from(base_natural[ZIGZAG[zz] as usize]);
+        *o = ((base * scale + 50) / 100).clamp(1, 255) as u16;
+    }
+    out
+}
+
+/// Zigzag index -> natural (row-major) index.
+pub(crate) const ZIGZAG: [u8; 64] = [
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27,
+    20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58,
+    59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+];
+
+/// ITU T.81 Annex K, table K.1 (natural order).
+pub const STD_LUMA_QT: [u16; 64] = [
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69,
+    56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104,
+    113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+];
+
+/// ITU T.81 Annex K, table K.2 (natural order).
+pub const STD_CHROMA_QT: [u16; 64] = [
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99,
+    99, 47, 66, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+];
