@@ -120,12 +120,19 @@ async fn serve_slow(State(s): State<OriginState>, Path(name): Path<String>) -> R
         .unwrap()
 }
 
-/// Serves the file after `ms` milliseconds.
+/// Serves the file after `ms` milliseconds. Hits are counted with the query string, so tests
+/// can tell distinct URLs of one file apart.
 async fn serve_delayed(
     State(s): State<OriginState>,
     Path((ms, name)): Path<(u64, String)>,
+    uri: axum::http::Uri,
 ) -> Response {
-    hit(&s, format!("/delay/{ms}/{name}"));
+    hit(
+        &s,
+        uri.path_and_query()
+            .map_or(uri.path(), |p| p.as_str())
+            .to_string(),
+    );
     tokio::time::sleep(Duration::from_millis(ms)).await;
     file_response(&s, &name)
 }
@@ -220,4 +227,109 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+// ---- hostile fixtures and an origin on another loopback address (security tests) ----
+
+impl Origin {
+    /// The same origin, bound to `addr` (e.g. "127.0.0.2:0": on Linux all of 127/8 is
+    /// loopback, so a test can make 127.0.0.2 an allowed network while 127.0.0.1 stays
+    /// refused), plus `/goto?to=<url>`, which answers 302 to any absolute URL.
+    pub async fn start_on(addr: &str) -> Self {
+        let state = OriginState::default();
+        let app = Router::new()
+            .route("/img/{name}", get(serve_file))
+            .route("/status/{code}", get(serve_status))
+            .route("/redirect/{name}", get(redirect))
+            .route("/goto", get(goto))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Origin { base, state }
+    }
+
+    /// A URL on this origin that redirects to `target`.
+    pub fn redirect_to(&self, target: &str) -> String {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("to", target)
+            .finish();
+        format!("{}/goto?{q}", self.base)
+    }
+}
+
+async fn goto(
+    State(s): State<OriginState>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    hit(&s, "/goto".to_string());
+    let to = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "to")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+}
+
+/// A real JPEG whose frame header (SOF0) claims `w`x`h` pixels. JPEG stores sides as 16 bits,
+/// so 65535x65535 (4.3 gigapixels) is the largest bomb the format can announce.
+pub fn jpeg_claiming(w: u16, h: u16) -> Vec<u8> {
+    let mut out = jpeg(8, 8, 90);
+    let sof = out
+        .windows(2)
+        .position(|m| m == [0xFF, 0xC0])
+        .expect("a baseline JPEG has an SOF0 marker");
+    // FF C0, length (2), precision (1), height (2), width (2).
+    out[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    out[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    out
+}
+
+/// An animated GIF of `frames` frames of `w`x`h`: the first frame solid red, every later one
+/// solid blue, so an output shows which frame was used.
+pub fn gif_frames(w: u32, h: u32, frames: usize) -> Vec<u8> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    use image::{Delay, Frame, Rgba};
+    let mut out = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut out, 30);
+        enc.set_repeat(Repeat::Infinite).unwrap();
+        let red = RgbaImage::from_pixel(w, h, Rgba([255, 0, 0, 255]));
+        let blue = RgbaImage::from_pixel(w, h, Rgba([0, 0, 255, 255]));
+        for i in 0..frames {
+            let img = if i == 0 { red.clone() } else { blue.clone() };
+            enc.encode_frame(Frame::from_parts(
+                img,
+                0,
+                0,
+                Delay::from_numer_denom_ms(10, 1),
+            ))
+            .unwrap();
+        }
+    }
+    out
+}
+
+/// An SVG image (a format we do not decode: it is XML that can carry scripts).
+pub fn svg() -> Vec<u8> {
+    br#"<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64" onload="alert(1)">
+  <rect width="64" height="64" fill="red"/><script>alert(document.domain)</script>
+</svg>
+"#
+    .to_vec()
+}
+
+/// HTML first, then a whole JPEG: a page that some sniffers would call an image.
+pub fn html_then_jpeg() -> Vec<u8> {
+    let mut out = b"<html><body><script>alert(1)</script>".to_vec();
+    out.extend(jpeg(16, 16, 90));
+    out.extend_from_slice(b"</body></html>");
+    out
+}
+
+/// A whole JPEG with an HTML page appended after its end-of-image marker.
+pub fn jpeg_then_html(w: u32, h: u32) -> Vec<u8> {
+    let mut out = jpeg(w, h, 90);
+    out.extend_from_slice(b"<html><body><script>alert(1)</script></body></html>");
+    out
 }
