@@ -117,6 +117,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         wakeup,
         webhooks_due,
         public_url,
+        status_cache: Arc::new(api::status_cache::StatusCache::new(64 * 1024 * 1024)),
     };
     let app = api::router(state);
     let http_shutdown = shutdown.clone();

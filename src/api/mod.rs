@@ -6,6 +6,7 @@ pub mod openapi;
 mod output_csv;
 mod rate_limit;
 mod status;
+pub mod status_cache;
 mod upload;
 mod webhook_retry;
 
@@ -36,6 +37,7 @@ pub struct AppState {
     pub webhooks_due: Wakeup,
     /// Base of output image URLs, without a trailing slash.
     pub public_url: Arc<str>,
+    pub status_cache: Arc<status_cache::StatusCache>,
 }
 
 pub fn router(state: AppState) -> Router {

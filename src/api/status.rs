@@ -1,5 +1,7 @@
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::http::header;
+use axum::response::IntoResponse;
+use bytes::Bytes;
 
 use super::{AppState, Owner};
 use crate::domain::RequestId;
@@ -26,13 +28,35 @@ pub async fn status(
     State(state): State<AppState>,
     owner: Owner,
     Path(raw_id): Path<String>,
-) -> ApiResult<Json<StatusBody>> {
+) -> ApiResult<impl IntoResponse> {
     // A malformed ID names no request: 404 like any unknown one.
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
-    let detail = state
+    let version = state
         .store
-        .request_detail(id, &owner.0)
+        .request_version(id, &owner.0)
         .await?
         .ok_or_else(ApiError::request_not_found)?;
-    Ok(Json(StatusBody::build(detail)))
+    let finished = version.status.is_final();
+    let cached = finished
+        .then(|| state.status_cache.get(id, &owner.0, &version))
+        .flatten();
+    let body = match cached {
+        Some(body) => body,
+        None => {
+            let detail = state
+                .store
+                .request_detail(id, &owner.0)
+                .await?
+                .ok_or_else(ApiError::request_not_found)?;
+            let body = Bytes::from(
+                serde_json::to_vec(&StatusBody::build(detail))
+                    .map_err(|e| ApiError::Internal(e.into()))?,
+            );
+            if finished {
+                state.status_cache.put(id, &owner.0, version, body.clone());
+            }
+            body
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body))
 }

@@ -74,11 +74,41 @@ fn encode_case(w: u16, h: u16, o: Enc) -> Vec<u8> {
 
 fn assert_lossless(input: &[u8], label: &str) -> Vec<u8> {
     let out = optimize_huffman(input).unwrap_or_else(|e| panic!("{label}: {e}"));
+    assert_same_coeffs(input, &out, label);
+    if label.contains("411") {
+        // zune-jpeg 0.5 decodes the last MCU row of some 4:1:1 files differently depending on
+        // the Huffman tables (libjpeg-turbo's djpeg and Pillow decode input and output of the
+        // 33x17 case identically); the coefficient check above is what matters here.
+        return out;
+    }
     let a = decode(input);
     let b = decode(&out);
     assert_eq!((a.0, a.1), (b.0, b.1), "{label}: dimensions");
     assert!(a.2 == b.2, "{label}: pixels differ");
     out
+}
+
+/// Every block the decoder displays holds the same coefficients in both files.
+fn assert_same_coeffs(a: &[u8], b: &[u8], label: &str) {
+    let a = parse::read_coefficients(a).unwrap();
+    let b = parse::read_coefficients(b).unwrap();
+    assert_eq!(a.comps.len(), b.comps.len());
+    for (ca, cb) in a.comps.iter().zip(&b.comps) {
+        assert_eq!(ca.qt, cb.qt, "{label}: quant table");
+        assert_eq!((ca.w_blocks, ca.h_blocks), (cb.w_blocks, cb.h_blocks), "{label}");
+        for by in 0..ca.h_blocks {
+            for bx in 0..ca.w_blocks {
+                let oa = (by * ca.bw + bx) * 64;
+                let ob = (by * cb.bw + bx) * 64;
+                assert_eq!(
+                    ca.coeffs[oa..oa + 64],
+                    cb.coeffs[ob..ob + 64],
+                    "{label}: block {bx},{by} of component {}",
+                    ca.id
+                );
+            }
+        }
+    }
 }
 
 const SAMPLINGS: [(SamplingFactor, &str); 5] = [
@@ -297,8 +327,10 @@ fn requantize_matches_pixel_reencode() {
                 r.jpeg.len(),
                 pix.len()
             );
-            assert!((0.85..1.10).contains(&ratio), "size ratio {ratio}");
-            assert!(pf > pp - 0.5, "psnr {pf} vs {pp}");
+            // Smaller is fine as long as quality holds (ties rounded toward zero can beat the
+            // pixel path); larger must stay within a few percent.
+            assert!(ratio < 1.06, "size ratio {ratio}");
+            assert!(pf > pp - 0.15, "psnr {pf} vs {pp}");
         }
     }
 }
@@ -320,11 +352,14 @@ fn requantized_tables_are_the_libjpeg_tables() {
 }
 
 #[test]
-fn rescale_rounds_half_away_from_zero() {
-    assert_eq!(rescale(3, 1, 2), 2); // 1.5 -> 2
-    assert_eq!(rescale(-3, 1, 2), -2);
-    assert_eq!(rescale(5, 2, 4), 3); // 2.5 -> 3
-    assert_eq!(rescale(-5, 2, 4), -3);
+fn rescale_rounds_half_toward_zero() {
+    assert_eq!(rescale(3, 1, 2), 1); // 1.5 -> 1
+    assert_eq!(rescale(-3, 1, 2), -1);
+    assert_eq!(rescale(5, 2, 4), 2); // 2.5 -> 2
+    assert_eq!(rescale(-5, 2, 4), -2);
+    assert_eq!(rescale(7, 2, 4), 3); // 3.5 -> 3
+    assert_eq!(rescale(11, 1, 4), 3); // 2.75 -> 3
+
     assert_eq!(rescale(7, 3, 10), 2); // 2.1 -> 2
     assert_eq!(rescale(1, 1, 3), 0);
 }
@@ -345,4 +380,65 @@ fn refuses_progressive_and_other_kinds() {
     assert!(optimize_huffman(&cmyk).is_err());
     assert!(optimize_huffman(b"not a jpeg").is_err());
     assert!(optimize_huffman(&[]).is_err());
+}
+
+/// Timing and size on the shared bench photos: `cargo test --release -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_real_photos() {
+    let dir = "/work/shared/bench-images";
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    names.sort();
+    for path in names {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let orig = std::fs::read(&path).unwrap();
+        let (w, h, px) = decode(&orig);
+        let mut q50 = Vec::new();
+        let mut e = Encoder::new(&mut q50, 50);
+        e.set_sampling_factor(SamplingFactor::F_2_2);
+        e.encode(&px, w as u16, h as u16, ColorType::Rgb).unwrap();
+        let best = |f: &dyn Fn() -> Vec<u8>| {
+            let mut t = f64::MAX;
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                let s = std::time::Instant::now();
+                out = f();
+                t = t.min(s.elapsed().as_secs_f64() * 1000.0);
+            }
+            (t, out)
+        };
+        let (t, out) = best(&|| optimize_huffman(&q50).unwrap());
+        assert!(decode(&out).2 == decode(&q50).2, "{name}");
+        eprintln!(
+            "{name}: optimize_huffman on jpeg-encoder q50: {:.1} ms ({:.0} MP/s), {} -> {} bytes ({:.1}% smaller)",
+            t,
+            (w * h) as f64 / t / 1000.0,
+            q50.len(),
+            out.len(),
+            100.0 * (1.0 - out.len() as f64 / q50.len() as f64)
+        );
+        match info(&orig).unwrap().unsupported {
+            Some(why) => eprintln!("{name}: requantize refused: {why}"),
+            None => {
+                let (t, rq) = best(&|| requantize(&orig, 50).unwrap().jpeg);
+                let pix = optimize_huffman(&q50).unwrap();
+                let (pr, pp) = (psnr(&px, &decode(&rq).2), psnr(&px, &decode(&pix).2));
+                eprintln!(
+                    "{name}: requantize q50: {:.1} ms ({:.0} MP/s), {} bytes {:.2} dB; pixel path {} bytes {:.2} dB (size ratio {:.3})",
+                    t,
+                    (w * h) as f64 / t / 1000.0,
+                    rq.len(),
+                    pr,
+                    pix.len(),
+                    pp,
+                    rq.len() as f64 / pix.len() as f64
+                );
+            }
+        }
+    }
 }

@@ -239,6 +239,16 @@ pub enum WebhookRetry {
     NotFailed(DeliveryState),
 }
 
+/// What changes whenever anything the status body shows of a *finished* request changes: the
+/// request row (its final roll-up) and its webhook delivery. Cheap to read, so a finished
+/// request's status can be served from a cache after one small query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestVersion {
+    pub status: Status,
+    pub updated_at: DateTime<Utc>,
+    pub webhook: Option<(DateTime<Utc>, i64, String)>,
+}
+
 /// Everything the status endpoint shows, read in one consistent snapshot.
 #[derive(Debug, Clone)]
 pub struct RequestDetail {
@@ -377,6 +387,15 @@ impl Store {
     ) -> StoreResult<Option<RequestDetail>> {
         let owner = owner.to_string();
         detached!(self, s => s.request_detail(id, &owner).await)
+    }
+
+    /// The version of a request (see [`RequestVersion`]), if it exists and belongs to `owner`.
+    pub async fn request_version(
+        &self,
+        id: RequestId,
+        owner: &str,
+    ) -> StoreResult<Option<RequestVersion>> {
+        dispatch!(self, s => s.request_version(id, owner).await)
     }
 
     /// Leases up to `limit` runnable image jobs to `worker` for `lease`.
