@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod fetch;
 pub mod intake;
+pub mod jpeg;
 pub mod metrics;
 pub mod net;
 pub mod report;
@@ -75,12 +76,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         intake::parse_webhook_url(url, config.limits.max_url_length)
             .map_err(|e| anyhow::anyhow!("IMGBATCH_WEBHOOK_URL is invalid: {e}"))?;
     }
+    let salt = store
+        .setting_or_insert(
+            "output_key_salt",
+            &uuid::Uuid::new_v4().simple().to_string(),
+        )
+        .await?;
     let storage = storage::Storage::open(
         &config.storage,
         &public_url,
         config.storage_public_url.as_deref(),
     )
-    .await?;
+    .await?
+    .with_key_salt(salt);
     let wakeup = Wakeup::default();
     let webhooks_due = Wakeup::default();
     let config = Arc::new(config);

@@ -91,6 +91,9 @@ pub struct ImageBody {
     /// Why the image failed (final), or why the last attempt failed (while retrying).
     pub error: Option<String>,
     pub attempts: i64,
+    /// How the output was made: `requantized` (JPEG recompressed in the DCT domain, no pixels)
+    /// or `pixels` (decoded and encoded again).
+    pub codec: Option<String>,
 }
 
 impl StatusBody {
@@ -118,6 +121,7 @@ impl StatusBody {
                         status: i.status,
                         error: i.error,
                         attempts: i.attempts,
+                        codec: i.codec,
                     })
                     .collect(),
             })
@@ -222,6 +226,7 @@ mod tests {
             output_url: out.map(Into::into),
             error: None,
             attempts: 1,
+            codec: None,
         };
         RequestDetail {
             webhook: None,

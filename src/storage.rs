@@ -16,6 +16,8 @@ pub struct Storage {
     prefix: String,
     /// Base of public URLs, ending without a slash.
     url_base: String,
+    /// Secret mixed into output names (kept in the database, the same for every process).
+    key_salt: String,
     /// Object stores serve the Content-Type they were given; a folder is served by us, which
     /// names the type from the extension (and LocalFileSystem keeps no attributes).
     set_content_type: bool,
@@ -38,6 +40,7 @@ impl Storage {
                     inner: Arc::new(LocalFileSystem::new_with_prefix(location)?),
                     prefix: String::new(),
                     url_base: format!("{public_url}/images"),
+                    key_salt: String::new(),
                     set_content_type: false,
                 }
             }
@@ -77,8 +80,25 @@ impl Storage {
             inner: Arc::new(store),
             prefix: prefix.trim_matches('/').to_string(),
             url_base,
+            key_salt: String::new(),
             set_content_type: true,
         })
+    }
+
+    pub fn with_key_salt(mut self, salt: String) -> Self {
+        self.key_salt = salt;
+        self
+    }
+
+    /// The key of an image's output: `{request}/{ordinal}-{token}.jpg`. Output URLs are public
+    /// to whoever holds them, so the token (128 bits of a keyed hash) makes them unguessable
+    /// even to someone who knows the request ID; being derived, not random, a job that runs
+    /// twice (after a crash) writes the same object again instead of leaving a stray one.
+    pub fn output_key(&self, request: crate::domain::RequestId, ordinal: i64) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{}/{request}/{ordinal}", self.key_salt));
+        let token: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{request}/{ordinal}-{token}.jpg")
     }
 
     fn path(&self, key: &str) -> Path {

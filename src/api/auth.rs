@@ -11,7 +11,8 @@ use super::AppState;
 use crate::error::ApiError;
 
 pub struct ApiKeys {
-    keys: Vec<Vec<u8>>,
+    /// SHA-256 of each key: all the same length, so comparing them reveals no key's length.
+    keys: Vec<[u8; 32]>,
 }
 
 impl ApiKeys {
@@ -20,7 +21,7 @@ impl ApiKeys {
             .iter()
             .map(|k| k.trim())
             .filter(|k| !k.is_empty())
-            .map(|k| k.as_bytes().to_vec())
+            .map(|k| Sha256::digest(k.as_bytes()).into())
             .collect();
         Self { keys }
     }
@@ -32,9 +33,10 @@ impl ApiKeys {
     /// Compares against every key in constant time, so timing reveals neither which key nor
     /// how much of one matched.
     fn matches(&self, presented: &[u8]) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented).into();
         let mut found = subtle::Choice::from(0);
         for k in &self.keys {
-            found |= k.as_slice().ct_eq(presented);
+            found |= k.ct_eq(&presented);
         }
         found.into()
     }

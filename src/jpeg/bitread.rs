@@ -89,9 +89,12 @@ impl<'a> BitReader<'a> {
         (self.buf >> 48) as u32
     }
 
+    /// Makes sure at least 32 bits are buffered: enough for a code and its extra bits.
     #[inline]
-    pub(crate) fn bits_left(&self) -> u32 {
-        self.nbits
+    pub(crate) fn ensure(&mut self) {
+        if self.nbits < 32 {
+            self.refill();
+        }
     }
 
     #[inline]

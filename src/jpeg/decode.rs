@@ -30,10 +30,24 @@ pub(crate) fn decode_scan(
     p: &ScanParams,
     r: &mut BitReader,
 ) -> Result<(), JpegError> {
-    if img.progressive {
-        return err("progressive scans are not supported yet");
-    }
     let ns = p.comps.len();
+    let mode = if !img.progressive {
+        Mode::Baseline
+    } else {
+        // T.81 G.1.1.1.1: DC scans carry only the DC coefficient, AC scans one component.
+        if p.se > 63 || p.ss > p.se || (p.ss == 0 && p.se != 0) || (p.ss > 0 && ns != 1) {
+            return err("bad spectral selection in a progressive scan");
+        }
+        if p.al > 13 || p.ah > 13 {
+            return err("bad successive approximation in a progressive scan");
+        }
+        match (p.ss == 0, p.ah == 0) {
+            (true, true) => Mode::DcFirst,
+            (true, false) => Mode::DcRefine,
+            (false, true) => Mode::AcFirst,
+            (false, false) => Mode::AcRefine,
+        }
+    };
     // Geometry: an interleaved scan walks MCUs (padding blocks included); a single-component
     // scan walks that component's real blocks one at a time.
     let (units_x, units_y, layout) = if ns == 1 {
@@ -71,18 +85,17 @@ pub(crate) fn decode_scan(
         })
         .collect();
     let bws: Vec<usize> = p.comps.iter().map(|&ci| img.comps[ci].bw).collect();
-    let mut tables = Vec::with_capacity(ns);
-    for slot in 0..ns {
-        match (p.dc[slot], p.ac[slot]) {
-            (Some(d), Some(a)) => tables.push((d, a)),
-            _ => return err("missing Huffman table"),
-        }
-    }
+    // Tables a scan does not use may be absent; parse.rs checked the ones it needs.
+    let tables: Vec<(Option<&DecodeTable>, Option<&DecodeTable>)> =
+        (0..ns).map(|slot| (p.dc[slot], p.ac[slot])).collect();
     // Split borrows: collect mutable slices of each scanned component's buffer.
     let mut bufs: Vec<&mut [i16]> = Vec::with_capacity(ns);
     {
-        let mut rest: Vec<Option<&mut [i16]>> =
-            img.comps.iter_mut().map(|c| Some(&mut c.coeffs[..])).collect();
+        let mut rest: Vec<Option<&mut [i16]>> = img
+            .comps
+            .iter_mut()
+            .map(|c| Some(&mut c.coeffs[..]))
+            .collect();
         for &ci in p.comps {
             match rest[ci].take() {
                 Some(b) => bufs.push(b),
@@ -91,6 +104,7 @@ pub(crate) fn decode_scan(
         }
     }
     let mut pred = [0i32; 4];
+    let mut eobrun = 0u32;
     let total = units_x * units_y;
     let ri = p.restart_interval as usize;
     let mut expected_rst = 0u8;
@@ -102,6 +116,7 @@ pub(crate) fn decode_scan(
             }
             expected_rst = (expected_rst + 1) & 7;
             pred = [0; 4];
+            eobrun = 0;
         }
         let (ux, uy) = (mcu % units_x, mcu / units_x);
         for &(slot, oy, ox) in &layout.blocks {
@@ -113,10 +128,172 @@ pub(crate) fn decode_scan(
                 return err("block outside component buffer");
             };
             let (dct, act) = tables[slot];
-            decode_block_baseline(r, dct, act, &mut pred[slot], block)?;
+            let missing = || JpegError("missing Huffman table".into());
+            match mode {
+                Mode::Baseline => decode_block_baseline(
+                    r,
+                    dct.ok_or_else(missing)?,
+                    act.ok_or_else(missing)?,
+                    &mut pred[slot],
+                    block,
+                )?,
+                Mode::DcFirst => {
+                    decode_dc_first(r, dct.ok_or_else(missing)?, &mut pred[slot], p.al, block)?
+                }
+                Mode::DcRefine => {
+                    r.ensure();
+                    if r.get_bits(1) != 0 {
+                        block[0] |= 1 << p.al;
+                    }
+                }
+                Mode::AcFirst => {
+                    decode_ac_first(r, act.ok_or_else(missing)?, p, &mut eobrun, block)?
+                }
+                Mode::AcRefine => {
+                    decode_ac_refine(r, act.ok_or_else(missing)?, p, &mut eobrun, block)?
+                }
+            }
         }
     }
     r.check_not_overrun()
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Baseline,
+    DcFirst,
+    DcRefine,
+    AcFirst,
+    AcRefine,
+}
+
+/// First DC scan of a progressive frame: like baseline DC, scaled by the point transform.
+#[inline]
+fn decode_dc_first(
+    r: &mut BitReader,
+    dc: &DecodeTable,
+    pred: &mut i32,
+    al: u8,
+    block: &mut [i16],
+) -> Result<(), JpegError> {
+    r.ensure();
+    let s = u32::from(dc.decode(r)?);
+    if s > 11 {
+        return err("DC difference out of range");
+    }
+    *pred = pred.wrapping_add(r.receive_extend(s));
+    block[0] = pred.wrapping_shl(u32::from(al)) as i16;
+    Ok(())
+}
+
+/// First AC scan of a band (T.81 G.1.2.2): run/size codes as in baseline, plus end-of-band
+/// runs that cover many blocks at once.
+fn decode_ac_first(
+    r: &mut BitReader,
+    ac: &DecodeTable,
+    p: &ScanParams,
+    eobrun: &mut u32,
+    block: &mut [i16],
+) -> Result<(), JpegError> {
+    if *eobrun > 0 {
+        *eobrun -= 1;
+        return Ok(());
+    }
+    let mut k = p.ss as usize;
+    let se = p.se as usize;
+    while k <= se {
+        r.ensure();
+        let rs = ac.decode(r)?;
+        let run = u32::from(rs >> 4);
+        let size = u32::from(rs & 15);
+        if size == 0 {
+            if run < 15 {
+                // EOBn: this block and the next 2^run - 1 + extra bits blocks end here.
+                *eobrun = (1 << run) - 1 + r.get_bits(run);
+                break;
+            }
+            k += 16;
+            continue;
+        }
+        k += run as usize;
+        if k > 63 {
+            return err("AC coefficient index out of range");
+        }
+        block[k] = r.receive_extend(size).wrapping_shl(u32::from(p.al)) as i16;
+        k += 1;
+    }
+    Ok(())
+}
+
+/// AC refinement scan (T.81 G.1.2.3): one more bit for every coefficient already nonzero, and
+/// newly nonzero coefficients of magnitude 1 << al placed among the zero ones.
+fn decode_ac_refine(
+    r: &mut BitReader,
+    ac: &DecodeTable,
+    p: &ScanParams,
+    eobrun: &mut u32,
+    block: &mut [i16],
+) -> Result<(), JpegError> {
+    let p1: i16 = 1i16.wrapping_shl(u32::from(p.al));
+    let m1: i16 = (-1i16).wrapping_shl(u32::from(p.al));
+    let se = p.se as usize;
+    let mut k = p.ss as usize;
+    // Correction bit for an already-nonzero coefficient: adds one more bit of magnitude.
+    let refine = |r: &mut BitReader, c: &mut i16| {
+        r.ensure();
+        if r.get_bits(1) != 0 && (*c & p1) == 0 {
+            *c = c.wrapping_add(if *c >= 0 { p1 } else { m1 });
+        }
+    };
+    if *eobrun == 0 {
+        while k <= se {
+            r.ensure();
+            let rs = ac.decode(r)?;
+            let mut run = u32::from(rs >> 4);
+            let size = rs & 15;
+            let mut value = 0i16;
+            if size != 0 {
+                if size != 1 {
+                    return err("bad AC refinement code");
+                }
+                value = if r.get_bits(1) != 0 { p1 } else { m1 };
+            } else if run != 15 {
+                *eobrun = (1 << run) + r.get_bits(run);
+                break;
+            }
+            // Skip `run` zero coefficients (refining the nonzero ones passed on the way) and
+            // stop on the zero that receives `value`.
+            while k <= se {
+                if block[k] != 0 {
+                    refine(r, &mut block[k]);
+                } else {
+                    if run == 0 {
+                        break;
+                    }
+                    run -= 1;
+                }
+                k += 1;
+            }
+            if value != 0 {
+                if k > se {
+                    return err("AC refinement past the end of the band");
+                }
+                block[k] = value;
+            }
+            k += 1;
+        }
+    }
+    if *eobrun > 0 {
+        // Inside an end-of-band run: only correction bits remain for this block.
+        while k <= se {
+            if block[k] != 0 {
+                refine(r, &mut block[k]);
+            }
+            k += 1;
+        }
+        *eobrun -= 1;
+    }
+    Ok(())
 }
 
 /// Decodes one sequential-mode block (DC difference + AC run/size codes) into `block`
@@ -129,9 +306,7 @@ fn decode_block_baseline(
     pred: &mut i32,
     block: &mut [i16],
 ) -> Result<(), JpegError> {
-    if r.bits_left() < 32 {
-        r.refill();
-    }
+    r.ensure();
     let s = u32::from(dc.decode(r)?);
     if s > 11 {
         return err("DC difference out of range");
@@ -141,9 +316,7 @@ fn decode_block_baseline(
     block[0] = *pred as i16;
     let mut k = 1usize;
     while k < 64 {
-        if r.bits_left() < 32 {
-            r.refill();
-        }
+        r.ensure();
         let rs = ac.decode(r)?;
         let run = (rs >> 4) as usize;
         let size = u32::from(rs & 15);

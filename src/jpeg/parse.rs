@@ -131,7 +131,7 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
         let seg = &data[pos + 2..pos + len];
         pos += len;
         match marker {
-            0xC0 | 0xC1 | 0xC2 => {
+            0xC0..=0xC2 => {
                 if st.frame.is_some() {
                     return err("more than one frame");
                 }
@@ -260,7 +260,8 @@ fn read_sof(st: &mut State, seg: &[u8], progressive: bool) -> Result<(), JpegErr
             coeffs: Vec::new(),
         });
     }
-    st.saw_app14_rgb_ids = nc == 3 && comps[0].id == b'R' && comps[1].id == b'G' && comps[2].id == b'B';
+    st.saw_app14_rgb_ids =
+        nc == 3 && comps[0].id == b'R' && comps[1].id == b'G' && comps[2].id == b'B';
     st.info.components = comps;
     st.frame = Some(Image {
         width,
@@ -288,8 +289,6 @@ fn finalize_support(st: &mut State) {
         Some("RGB JPEG (component ids R,G,B) is not supported".to_string())
     } else if nc == 3 && st.info.components.iter().map(|c| c.h * c.v).sum::<u8>() > 10 {
         Some("sampling factors too large for one interleaved scan".to_string())
-    } else if st.info.progressive {
-        Some("progressive JPEG is not supported yet".to_string())
     } else {
         None
     };

@@ -152,6 +152,7 @@ pub struct ImageRow {
     pub output_url: Option<String>,
     pub error: Option<String>,
     pub attempts: i64,
+    pub codec: Option<String>,
 }
 
 /// The state of a request's webhook delivery.
@@ -294,6 +295,8 @@ pub struct ImageOutput {
     pub key: String,
     pub url: String,
     pub input_format: String,
+    /// `requantized` or `pixels`: which codec path made the output.
+    pub codec: String,
     pub bytes_in: i64,
     pub bytes_out: i64,
     pub width: i64,

@@ -256,8 +256,8 @@ impl PgStore {
         })
         .collect::<StoreResult<Vec<_>>>()?;
         let images = sqlx::query(
-            "SELECT product_id, position, input_url, status, output_url, error, attempts \
-             FROM images WHERE request_id = $1 ORDER BY ordinal",
+            "SELECT product_id, position, input_url, status, output_url, error, attempts, \
+             codec FROM images WHERE request_id = $1 ORDER BY ordinal",
         )
         .bind(id.0)
         .fetch_all(&mut *tx)
@@ -272,6 +272,7 @@ impl PgStore {
                 output_url: r.try_get("output_url")?,
                 error: r.try_get("error")?,
                 attempts: r.try_get::<i32, _>("attempts")?.into(),
+                codec: r.try_get("codec")?,
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
@@ -689,7 +690,7 @@ impl PgStore {
             JobOutcome::Retry { .. } => (None, None),
         };
         let r = sqlx::query(
-            "UPDATE images SET status = $1, output_key = $2, output_url = $3, input_format = $4, \
+            "UPDATE images SET status = $1, output_key = $2, output_url = $3, input_format = $4, codec = $13, \
              bytes_in = $5, bytes_out = $6, width = $7, height = $8, error = $9, locked_by = NULL, \
              locked_until = NULL, updated_at = $10 \
              WHERE id = $11 AND status = 'processing' AND locked_by = $12",
@@ -706,13 +707,14 @@ impl PgStore {
         .bind(now)
         .bind(job.id)
         .bind(worker)
+        .bind(out.map(|o| &o.codec))
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
             return Ok(Settled::default());
         }
         let dup_products: Vec<i64> = sqlx::query_scalar(
-            "UPDATE images SET status = $1, output_key = $2, output_url = $3, input_format = $4, \
+            "UPDATE images SET status = $1, output_key = $2, output_url = $3, input_format = $4, codec = $12, \
              bytes_in = $5, bytes_out = $6, width = $7, height = $8, error = $9, updated_at = $10 \
              WHERE duplicate_of = $11 AND status = 'pending' RETURNING product_id",
         )
@@ -727,6 +729,7 @@ impl PgStore {
         .bind(error)
         .bind(now)
         .bind(job.id)
+        .bind(out.map(|o| &o.codec))
         .fetch_all(&mut *tx)
         .await?;
 

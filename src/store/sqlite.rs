@@ -258,8 +258,8 @@ impl SqliteStore {
         })
         .collect::<StoreResult<Vec<_>>>()?;
         let images = sqlx::query(
-            "SELECT product_id, position, input_url, status, output_url, error, attempts \
-             FROM images WHERE request_id = ? ORDER BY ordinal",
+            "SELECT product_id, position, input_url, status, output_url, error, attempts, \
+             codec FROM images WHERE request_id = ? ORDER BY ordinal",
         )
         .bind(&key)
         .fetch_all(&mut *tx)
@@ -274,6 +274,7 @@ impl SqliteStore {
                 output_url: r.try_get("output_url")?,
                 error: r.try_get("error")?,
                 attempts: r.try_get("attempts")?,
+                codec: r.try_get("codec")?,
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
@@ -679,7 +680,7 @@ impl SqliteStore {
             JobOutcome::Retry { .. } => (None, None),
         };
         let r = sqlx::query(
-            "UPDATE images SET status = ?, output_key = ?, output_url = ?, input_format = ?, \
+            "UPDATE images SET status = ?, output_key = ?, output_url = ?, input_format = ?, codec = ?, \
              bytes_in = ?, bytes_out = ?, width = ?, height = ?, error = ?, locked_by = NULL, \
              locked_until = NULL, updated_at = ? \
              WHERE id = ? AND status = 'processing' AND locked_by = ?",
@@ -688,6 +689,7 @@ impl SqliteStore {
         .bind(out.map(|o| &o.key))
         .bind(out.map(|o| &o.url))
         .bind(out.map(|o| &o.input_format))
+        .bind(out.map(|o| &o.codec))
         .bind(out.map(|o| o.bytes_in))
         .bind(out.map(|o| o.bytes_out))
         .bind(out.map(|o| o.width))
@@ -702,7 +704,7 @@ impl SqliteStore {
             return Ok(Settled::default());
         }
         let dup_products: Vec<i64> = sqlx::query_scalar(
-            "UPDATE images SET status = ?, output_key = ?, output_url = ?, input_format = ?, \
+            "UPDATE images SET status = ?, output_key = ?, output_url = ?, input_format = ?, codec = ?, \
              bytes_in = ?, bytes_out = ?, width = ?, height = ?, error = ?, updated_at = ? \
              WHERE duplicate_of = ? AND status = 'pending' RETURNING product_id",
         )
@@ -710,6 +712,7 @@ impl SqliteStore {
         .bind(out.map(|o| &o.key))
         .bind(out.map(|o| &o.url))
         .bind(out.map(|o| &o.input_format))
+        .bind(out.map(|o| &o.codec))
         .bind(out.map(|o| o.bytes_in))
         .bind(out.map(|o| o.bytes_out))
         .bind(out.map(|o| o.width))

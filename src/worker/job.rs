@@ -89,14 +89,16 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
             }
         }
     };
-    let key = format!("{}/{}.jpg", job.request_id, job.ordinal);
-    let (width, height, input_format) = (c.width, c.height, c.input_format.as_str());
+    let key = ctx.storage.output_key(job.request_id, job.ordinal);
+    let (width, height, input_format, codec) =
+        (c.width, c.height, c.input_format.as_str(), c.codec.as_str());
     let bytes_out = c.jpeg.len() as i64;
     match ctx.storage.put(&key, c.jpeg).await {
         Ok(url) => JobOutcome::Completed(ImageOutput {
             key,
             url,
             input_format: input_format.to_string(),
+            codec: codec.to_string(),
             bytes_in,
             bytes_out,
             width: width.into(),

@@ -7,5 +7,6 @@ mod client;
 mod crash;
 mod pipeline;
 mod scale;
+mod security;
 mod upload;
 mod webhooks;

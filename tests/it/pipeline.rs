@@ -87,6 +87,15 @@ db_test!(every_format_becomes_a_smaller_jpeg_of_the_same_size, |db| {
     for p in status["products"].as_array().unwrap() {
         assert_eq!(p["status"], "completed");
     }
+    // The JPEG (4:2:0, no rotation) took the DCT-domain fast path; everything else, pixels.
+    let codecs: Vec<&str> = images(&status)
+        .iter()
+        .map(|i| i["codec"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codecs,
+        ["requantized", "pixels", "pixels", "pixels", "pixels"]
+    );
     // output.csv carries the outputs in CSV order.
     let text = app
         .http

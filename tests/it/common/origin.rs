@@ -169,12 +169,18 @@ pub fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A baseline 4:2:0 JPEG, as cameras and most sites make them.
 pub fn jpeg(w: u32, h: u32, quality: u8) -> Vec<u8> {
     let mut out = Vec::new();
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
-    DynamicImage::ImageRgb8(photo(w, h))
-        .write_with_encoder(enc)
-        .unwrap();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    enc.encode(
+        photo(w, h).as_raw(),
+        w as u16,
+        h as u16,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .unwrap();
     out
 }
 
