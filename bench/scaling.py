@@ -9,12 +9,14 @@ For each process count N, on a fresh Postgres database: one API-only process
 image of DIR repeated with distinct `?r=k` query strings, so nothing is deduplicated) is uploaded
 through the API process; the clock runs from sending the upload to the status poll (every
 100 ms) that sees a final status. Prints a markdown table: processes, wall s, images/s, MP/s,
-speed-up vs 1, each worker's share of the images (`claimed_by`), the CPU the imgbatch processes
-used, and the machine's load before each run.
+speed-up vs 1, each worker's share of the images (`claimed_by`), the cores used during the run
+by imgbatch, by Postgres and by everything else, and the machine's load before each run.
 
 Runs are interleaved (1,2,3,1,2,3,...) when --repeat > 1 so that a burst of load from something
 else on the machine does not land on one process count only; the table gives the median run and
-the range. See docs/scaling.md.
+the range. Before each run the harness waits (bounded, --quiet-wait) for the machine to be under
+25 % busy; a run during which other processes used more than --max-others cores is run again
+(--attempts) and the least disturbed attempt kept. See docs/scaling.md.
 
 Standard library plus Pillow (installed with pip when missing).
 """
@@ -30,7 +32,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -429,7 +430,8 @@ def one_run(n: int, args, binary: Path, tmp: Path, origin: Origin,
             workers = []
             for i in range(n):
                 w = Proc(binary, f"worker{i + 1}-n{n}",
-                         {**base_env(url, storage), "IMGBATCH_API": "false"}, tmp, tmp)
+                         {**base_env(url, storage), **args.worker_env, "IMGBATCH_API": "false"},
+                         tmp, tmp)
                 procs.append(w)
                 workers.append(w)
             for w in workers:
@@ -471,6 +473,10 @@ def one_run(n: int, args, binary: Path, tmp: Path, origin: Origin,
                     k, v = line.rsplit("|", 1)
                     claimed[k] = int(v)
             share = [claimed.pop(w.worker_id, 0) for w in workers]
+            # Pools open connections on demand and keep idle ones for minutes, so the count at
+            # the end is the run's high-water mark.
+            conns = int(psql(url, "SELECT count(*) - 1 FROM pg_stat_activity "
+                                  "WHERE datname = current_database()").strip() or 0)
             if claimed:
                 log(f"warning: images claimed by unknown ids: {claimed}")
         finally:
@@ -482,7 +488,7 @@ def one_run(n: int, args, binary: Path, tmp: Path, origin: Origin,
         "n": n, "images": images, "mp": mp, "wall": wall, "ips": images / wall,
         "mps": mp / wall, "status": st.get("status"), "completed": progress.get("completedImages"),
         "failed": progress.get("failedImages"), "share": share, "unknown": claimed,
-        "cpu": cpu, "busy_before": busy_before, "load_before": load_before,
+        "cpu": cpu, "connections": conns, "busy_before": busy_before, "load_before": load_before,
         "problems": problems,
     }
 
@@ -529,7 +535,15 @@ def report(meta: dict, by_n: dict[int, list[dict]]) -> str:
             "figure per worker process. Cores used during the run: utime+stime of the imgbatch "
             "processes, of the Postgres processes, and the rest of the machine's busy time "
             "(other people's builds; the harness itself excluded) ÷ wall time; 2.00 = both "
-            "cores. Machine before: busy share over 1 s and the 1-minute load average."]
+            "cores. Machine before: busy share over 1 s and the 1-minute load average.",
+            "",
+            "Postgres connections open at the end of the median run (all processes; pools keep "
+            "idle connections, so this is the run's high-water mark): "
+            + ", ".join(f"{n} worker{'s' if n > 1 else ''}: {median_run(by_n[n])['connections']}"
+                        for n in sorted(by_n)) + "."]
+    if meta["worker_env"]:
+        out.append("Worker processes ran with " + ", ".join(
+            f"`{k}={v}`" for k, v in meta["worker_env"].items()) + ".")
     redone = [r for runs in by_n.values() for r in runs if r.get("attempts", 1) > 1]
     if redone:
         out.append(f"{len(redone)} run(s) were repeated because other processes used more than "
@@ -587,6 +601,9 @@ def main() -> int:
     ap.add_argument("--attempts", type=int, default=3,
                     help="most attempts per run when others disturb it (default 3); the least "
                          "disturbed is kept")
+    ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment of the worker processes, e.g. "
+                         "IMGBATCH_CPU_WORKERS=1 (repeatable)")
     ap.add_argument("--timeout", type=float, default=600.0, help="most seconds a run may take")
     ap.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = ap.parse_args()
@@ -595,6 +612,13 @@ def main() -> int:
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     counts = [int(x) for x in args.processes.split(",") if x.strip()]
+    env = {}
+    for kv in args.worker_env:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            ap.error(f"--worker-env wants NAME=VALUE, not {kv!r}")
+        env[k] = v
+    args.worker_env = env
 
     try:
         if not args.no_build:
@@ -636,7 +660,7 @@ def main() -> int:
             "mode": "quick" if args.quick else "full",
             "host": f"{os.cpu_count()} cores, {platform.machine()}",
             "images": len(work), "mp": mp, "repeat": args.repeat,
-            "max_others": args.max_others,
+            "max_others": args.max_others, "worker_env": args.worker_env,
         }
         text = report(meta, by_n)
         print(text)
