@@ -24,19 +24,32 @@ pub struct Metrics {
     webhooks_by_outcome: Mutex<Vec<(&'static str, u64)>>,
 }
 
-pub static METRICS: Metrics = Metrics {
-    uploads: AtomicU64::new(0),
-    uploads_rejected: AtomicU64::new(0),
-    images_completed: AtomicU64::new(0),
-    failed_by_reason: Mutex::new(Vec::new()),
-    retries: AtomicU64::new(0),
-    download_bytes: AtomicU64::new(0),
-    output_bytes: AtomicU64::new(0),
-    job_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
-    job_count: AtomicU64::new(0),
-    job_sum_micros: AtomicU64::new(0),
-    webhooks_by_outcome: Mutex::new(Vec::new()),
-};
+pub static METRICS: Metrics = Metrics::new();
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// All zero; `const` so the process-wide [`METRICS`] needs no lazy initialisation.
+    pub const fn new() -> Self {
+        Metrics {
+            uploads: AtomicU64::new(0),
+            uploads_rejected: AtomicU64::new(0),
+            images_completed: AtomicU64::new(0),
+            failed_by_reason: Mutex::new(Vec::new()),
+            retries: AtomicU64::new(0),
+            download_bytes: AtomicU64::new(0),
+            output_bytes: AtomicU64::new(0),
+            job_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            job_count: AtomicU64::new(0),
+            job_sum_micros: AtomicU64::new(0),
+            webhooks_by_outcome: Mutex::new(Vec::new()),
+        }
+    }
+}
 
 fn bump(list: &Mutex<Vec<(&'static str, u64)>>, label: &'static str) {
     let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
@@ -217,19 +230,10 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let m = Metrics {
-            uploads: AtomicU64::new(3),
-            uploads_rejected: AtomicU64::new(0),
-            images_completed: AtomicU64::new(0),
-            failed_by_reason: Mutex::new(Vec::new()),
-            retries: AtomicU64::new(0),
-            download_bytes: AtomicU64::new(0),
-            output_bytes: AtomicU64::new(0),
-            job_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
-            job_count: AtomicU64::new(0),
-            job_sum_micros: AtomicU64::new(0),
-            webhooks_by_outcome: Mutex::new(Vec::new()),
-        };
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.upload_accepted();
+        }
         m.image_failed("http_4xx");
         m.image_failed("http_4xx");
         m.job_finished(0.2);

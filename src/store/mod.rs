@@ -378,11 +378,6 @@ impl Store {
         detached!(self, s => s.create_request(&new, Utc::now()).await)
     }
 
-    /// The request, if it exists and belongs to `owner`.
-    pub async fn request(&self, id: RequestId, owner: &str) -> StoreResult<Option<RequestRow>> {
-        dispatch!(self, s => s.request(id, owner).await)
-    }
-
     pub async fn request_detail(
         &self,
         id: RequestId,

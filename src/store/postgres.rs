@@ -192,11 +192,6 @@ impl PgStore {
         Ok(CreateOutcome::Created(new.id))
     }
 
-    pub async fn request(&self, id: RequestId, owner: &str) -> StoreResult<Option<RequestRow>> {
-        let mut conn = self.pool.acquire().await?;
-        Self::request_on(&mut conn, id, owner).await
-    }
-
     async fn request_on(
         conn: &mut sqlx::PgConnection,
         id: RequestId,

@@ -196,11 +196,6 @@ impl SqliteStore {
         Ok(CreateOutcome::Created(new.id))
     }
 
-    pub async fn request(&self, id: RequestId, owner: &str) -> StoreResult<Option<RequestRow>> {
-        let mut conn = self.read.acquire().await?;
-        Self::request_on(&mut conn, id, owner).await
-    }
-
     async fn request_on(
         conn: &mut sqlx::SqliteConnection,
         id: RequestId,

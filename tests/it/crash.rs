@@ -26,10 +26,6 @@ db_test!(
                 )
             })
             .collect();
-        let rows: Vec<(&str, &str, &str)> = rows
-            .iter()
-            .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-            .collect();
         let id = app.upload_ok(csv(&rows)).await;
         // Kill it once some work is done and some is in flight.
         let start = Instant::now();
@@ -121,10 +117,6 @@ db_test!(sigterm_exits_cleanly_and_releases_jobs, |db| {
                 origin.url(&format!("/delay/3000/p.png?{i}")),
             )
         })
-        .collect();
-    let rows: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
         .collect();
     app.upload_ok(csv(&rows)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

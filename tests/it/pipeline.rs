@@ -155,10 +155,6 @@ db_test!(
             .enumerate()
             .map(|(i, (path, _))| ((i + 1).to_string(), format!("P{i}"), origin.url(path)))
             .collect();
-        let rows: Vec<(&str, &str, &str)> = rows
-            .iter()
-            .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-            .collect();
         let id = app.upload_ok(csv(&rows)).await;
         let status = app.wait_settled(&id, Duration::from_secs(30)).await;
         assert_eq!(status["status"], "completed_with_errors", "{status}");
@@ -248,10 +244,6 @@ db_test!(a_small_request_is_not_stuck_behind_a_big_one, |db| {
             )
         })
         .collect();
-    let rows: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-        .collect();
     let big = app.upload_ok(csv(&rows)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let small = app
@@ -293,10 +285,6 @@ db_test!(graceful_shutdown_leaves_no_lease_held, |db| {
                 origin.url(&format!("/delay/2000/p.png?{i}")),
             )
         })
-        .collect();
-    let rows: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
         .collect();
     let id = app.upload_ok(csv(&rows)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

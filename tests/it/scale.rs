@@ -135,10 +135,6 @@ fn rows(n: usize, origin: &Origin, delay_ms: u64) -> String {
             )
         })
         .collect();
-    let rows: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-        .collect();
     csv(&rows)
 }
 

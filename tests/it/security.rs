@@ -82,10 +82,6 @@ fn rows_of(urls: &[String]) -> String {
         .enumerate()
         .map(|(i, u)| ((i + 1).to_string(), format!("P{}", i + 1), u.clone()))
         .collect();
-    let rows: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-        .collect();
     csv(&rows)
 }
 

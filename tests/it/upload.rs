@@ -172,10 +172,6 @@ db_test!(refuses_too_many_rows, |db| {
             )
         })
         .collect();
-    let rows: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-        .collect();
     let (code, resp) = app.upload(csv(&rows)).await;
     assert_eq!(code, 400, "{resp}");
     assert!(
