@@ -218,6 +218,11 @@ pub struct WorkerSettings {
     /// Images decoded and encoded at once (default: the number of cores).
     #[arg(long, env = "IMGBATCH_CPU_WORKERS")]
     pub cpu_workers: Option<usize>,
+    /// Bytes image jobs may hold at once: a quarter for downloaded bodies, the rest for decode
+    /// and encode buffers (estimated from each image's header). An image larger than its share
+    /// still runs, alone. Sets the process's peak memory under a batch of large images.
+    #[arg(long, env = "IMGBATCH_MEMORY_BUDGET", default_value_t = 144 * 1024 * 1024)]
+    pub memory_budget: u64,
     /// Attempts per image before a transient failure becomes final.
     #[arg(long, env = "IMGBATCH_MAX_ATTEMPTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -8,6 +8,7 @@ use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 
 use crate::config::Config;
+use crate::memory::{MemoryBudget, Reservation};
 use crate::net::{self, AddressPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,10 +54,41 @@ impl Fetcher {
         })
     }
 
-    /// The image's bytes, or why not. The whole download, redirects included, is bounded by
-    /// the download timeout.
-    pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, FetchError> {
-        match tokio::time::timeout(self.timeout, self.fetch_inner(url)).await {
+    /// The image's bytes, or why not, and their reservation against `budget`.
+    ///
+    /// The body is reserved once the response headers are in, at its declared length, before
+    /// a byte of it is read. The request and the body are each bounded by the download timeout;
+    /// time spent waiting for the budget in between is not counted, so a busy process never
+    /// fails a download as slow.
+    pub async fn fetch(
+        &self,
+        url: &str,
+        budget: &MemoryBudget,
+    ) -> Result<(Vec<u8>, Reservation), FetchError> {
+        let response = self.timed(self.request(url)).await?;
+        let declared = declared_length(&response);
+        let mut reservation = budget
+            .reserve(declared.unwrap_or(UNDECLARED_GUESS))
+            .await
+            .ok_or_else(|| FetchError::Transient("shutting down".into()))?;
+        let body = self.timed(self.read_body(response, declared)).await?;
+        let len = body.len() as u64;
+        if len > reservation.bytes() {
+            // Only bodies without a (truthful) Content-Length get here. Waiting for more while
+            // holding part of the budget could deadlock, so take what is free and go on: the
+            // overshoot is bounded by the largest body of such downloads in flight.
+            if let Some(more) = budget.try_reserve(len - reservation.bytes()) {
+                reservation.merge(more);
+            }
+        }
+        Ok((body, reservation))
+    }
+
+    async fn timed<T>(
+        &self,
+        step: impl std::future::Future<Output = Result<T, FetchError>>,
+    ) -> Result<T, FetchError> {
+        match tokio::time::timeout(self.timeout, step).await {
             Ok(r) => r,
             Err(_) => Err(FetchError::Transient(format!(
                 "download timed out after {}",
@@ -65,7 +97,8 @@ impl Fetcher {
         }
     }
 
-    async fn fetch_inner(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+    /// Sends the request, following redirects, up to a successful response's headers.
+    async fn request(&self, url: &str) -> Result<reqwest::Response, FetchError> {
         let mut url =
             url::Url::parse(url).map_err(|e| FetchError::Permanent(format!("invalid URL: {e}")))?;
         let mut hops = 0;
@@ -111,18 +144,21 @@ impl Fetcher {
             }
             break resp;
         };
-        if let Some(len) = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > self.max_bytes {
-                return Err(too_large(self.max_bytes));
-            }
+        if declared_length(&response).is_some_and(|len| len > self.max_bytes) {
+            return Err(too_large(self.max_bytes));
         }
-        let mut response = response;
-        let mut body = Vec::new();
+        Ok(response)
+    }
+
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        declared: Option<u64>,
+    ) -> Result<Vec<u8>, FetchError> {
+        // Sized once from the declared length: growing by doubling would briefly hold up to
+        // twice the body and leave the allocator with freed blocks of every size.
+        let capacity = declared.unwrap_or(0).min(self.max_bytes) as usize;
+        let mut body = Vec::with_capacity(capacity);
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             if body.len() as u64 + chunk.len() as u64 > self.max_bytes {
                 return Err(too_large(self.max_bytes));
@@ -131,6 +167,17 @@ impl Fetcher {
         }
         Ok(body)
     }
+}
+
+/// What a body is reserved at when the origin does not say its length (chunked responses).
+const UNDECLARED_GUESS: u64 = 1 << 20;
+
+fn declared_length(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn too_large(max: u64) -> FetchError {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod fetch;
 pub mod intake;
 pub mod jpeg;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod report;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::{backoff, Ctx};
-use crate::compress::{compress, CompressOptions};
+use crate::compress::{compress, working_memory, CompressOptions};
 use crate::fetch::FetchError;
 use crate::metrics::{failure_reason, METRICS};
 use crate::store::{ImageJob, ImageOutput, JobOutcome};
@@ -47,7 +47,11 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
 }
 
 async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
-    let bytes = match ctx.fetcher.fetch(&job.input_url).await {
+    let (bytes, body_reservation) = match ctx
+        .fetcher
+        .fetch(&job.input_url, &ctx.download_memory)
+        .await
+    {
         Ok(b) => b,
         Err(FetchError::Permanent(error)) => return JobOutcome::Failed { error },
         Err(FetchError::Transient(error)) => return retry_or_fail(ctx, job, error),
@@ -57,14 +61,21 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
         quality: ctx.config.quality,
         max_pixels: ctx.config.limits.max_image_pixels,
     };
+    // Memory before the core, always in this order: a job holding a core never waits for
+    // anything, so the two can never deadlock.
+    let Some(buffers) = ctx.decode_memory.reserve(working_memory(&bytes)).await else {
+        return retry_or_fail(ctx, job, "shutting down".into());
+    };
     let Ok(permit) = ctx.cpu.clone().acquire_owned().await else {
         return retry_or_fail(ctx, job, "shutting down".into());
     };
-    // The permit lives as long as the blocking thread, not this future: a decode that outlives
-    // its time limit still holds its core until it ends, so the pool never oversubscribes.
+    // The permits live as long as the blocking thread, not this future: a decode that outlives
+    // its time limit still holds its core and its memory until it ends, so neither budget is
+    // ever overdrawn.
     let work = tokio::task::spawn_blocking(move || {
         let result = compress(&bytes, &opts);
-        drop(permit);
+        drop(bytes);
+        drop((permit, buffers, body_reservation));
         result
     });
     let limit = ctx.config.limits.decode_timeout;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::fetch::Fetcher;
+use crate::memory::MemoryBudget;
 use crate::storage::Storage;
 use crate::store::Store;
 
@@ -52,6 +53,10 @@ pub(crate) struct Ctx {
     pub config: Arc<Config>,
     /// Bounds CPU-heavy decode/encode to the cores, however many downloads are in flight.
     pub cpu: Arc<Semaphore>,
+    /// Bytes of downloaded bodies held (from response headers to the end of the compression).
+    pub download_memory: MemoryBudget,
+    /// Bytes of decode/encode buffers held (estimated from the image header).
+    pub decode_memory: MemoryBudget,
     /// This process's name in `locked_by`.
     pub worker_id: String,
     /// Wakes the webhook deliverer when a request finishes.
@@ -89,6 +94,10 @@ impl WorkerPool {
         tracing::info!(%worker_id, workers = config.workers.workers, cpu = config.workers.cpu_workers(), "workers starting");
         let ctx = Arc::new(Ctx {
             cpu: Arc::new(Semaphore::new(config.workers.cpu_workers())),
+            download_memory: MemoryBudget::new(config.workers.memory_budget / 4),
+            decode_memory: MemoryBudget::new(
+                config.workers.memory_budget - config.workers.memory_budget / 4,
+            ),
             store,
             storage,
             fetcher,
