@@ -1,12 +1,14 @@
 //! Replays the CSV fuzzer's corpus (fuzz/corpus/csv), its hand-written seeds (tests/corpus/csv)
 //! and any crash artifacts it left (fuzz/artifacts) through the parser with the default limits,
 //! so plain `cargo test` in CI re-checks every input the fuzzer found interesting without
-//! needing cargo-fuzz or a nightly toolchain.
+//! needing cargo-fuzz or a nightly toolchain. The JPEG fuzzer's corpus (fuzz/corpus/jpeg) and
+//! artifacts (fuzz/artifacts/jpeg) go through the JPEG reader and writer the same way.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use imgbatch::csv_input::{parse_csv, CsvLimits, MAX_REPORTED_ERRORS};
+use imgbatch::jpeg::{info, optimize_huffman, requantize};
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -77,4 +79,89 @@ fn fuzz_corpus_replays_without_panic() {
     }
     assert!(panicked.is_empty(), "parse_csv panicked on: {panicked:#?}");
     eprintln!("replayed {} inputs", files.len());
+}
+
+/// fuzz/fuzz_targets/jpeg.rs's pixel cap; see there.
+const JPEG_MAX_PIXELS: u64 = 1 << 20;
+
+/// The calls and checks of fuzz/fuzz_targets/jpeg.rs, for one input; keep the two in step.
+/// Returns whether the reader accepted the input (so the writer's output was checked too).
+fn check_jpeg(data: &[u8]) -> bool {
+    let (quality, jpeg) = match data.split_first() {
+        Some((&b, rest)) if b != 0xFF => (1 + b % 100, rest),
+        _ => (50, data),
+    };
+    let Ok(head) = info(jpeg) else {
+        assert!(
+            optimize_huffman(jpeg).is_err(),
+            "info failed, the reader did not"
+        );
+        return false;
+    };
+    if u64::from(head.width) * u64::from(head.height) > JPEG_MAX_PIXELS {
+        return false;
+    }
+    let optimized = optimize_huffman(jpeg);
+    let accepted = optimized.is_ok();
+    if let Ok(out) = optimized {
+        assert!(
+            head.unsupported.is_none(),
+            "accepted: {:?}",
+            head.unsupported
+        );
+        check_jpeg_output(&out, head.width, head.height, quality);
+        let again = optimize_huffman(&out).expect("optimize_huffman of its own output");
+        assert!(again == out, "optimize_huffman is not idempotent");
+    }
+    if let Ok(r) = requantize(jpeg, quality) {
+        assert_eq!((r.width, r.height), (head.width, head.height));
+        check_jpeg_output(&r.jpeg, r.width, r.height, quality);
+        let again = requantize(&r.jpeg, quality).expect("requantize of its own output");
+        assert!(
+            again.jpeg == r.jpeg,
+            "requantize is not idempotent at q{quality}"
+        );
+    }
+    accepted
+}
+
+fn check_jpeg_output(out: &[u8], width: u16, height: u16, quality: u8) {
+    let i = info(out).expect("info of our own output");
+    assert_eq!((i.width, i.height), (width, height), "dimensions changed");
+    assert!(
+        i.unsupported.is_none(),
+        "own output unsupported: {:?}",
+        i.unsupported
+    );
+    assert!(!i.progressive, "output is not baseline");
+    requantize(out, quality).expect("requantize of our own output");
+}
+
+#[test]
+fn jpeg_fuzz_corpus_replays_without_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut files = Vec::new();
+    files_under(&root.join("corpus").join("jpeg"), &mut files);
+    assert!(
+        files.len() >= 10,
+        "fuzz/corpus/jpeg is missing or nearly empty ({} files)",
+        files.len()
+    );
+    files_under(&root.join("artifacts").join("jpeg"), &mut files);
+    files.sort();
+
+    let mut failed = Vec::new();
+    let mut accepted = 0;
+    for path in &files {
+        let data = std::fs::read(path).unwrap();
+        match catch_unwind(AssertUnwindSafe(|| check_jpeg(&data))) {
+            Ok(ok) => accepted += usize::from(ok),
+            Err(_) => failed.push(path.display().to_string()),
+        }
+    }
+    assert!(failed.is_empty(), "the JPEG checks failed on: {failed:#?}");
+    eprintln!(
+        "replayed {} JPEG inputs ({accepted} accepted by the reader)",
+        files.len()
+    );
 }

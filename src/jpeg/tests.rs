@@ -321,55 +321,310 @@ fn requantize_at_or_below_target_is_pixel_identical() {
     }
 }
 
-#[test]
-fn requantize_matches_pixel_reencode() {
-    let (w, h) = (512u16, 384u16);
-    let rgb = photo(w as u32, h as u32, 99);
-    for src_q in [85u8, 95] {
-        for target in [40u8, 50, 70] {
-            let input = enc(
-                &rgb,
-                w,
-                h,
-                Enc {
-                    progressive: false,
-                    q: src_q,
-                    sampling: SamplingFactor::F_2_2,
-                    restart: None,
-                    grayscale: false,
-                },
-            );
-            let (_, _, src_px) = decode(&input);
-            let r = requantize(&input, target).unwrap();
-            let (_, _, fast_px) = decode(&r.jpeg);
-            // Pixel path: decode, re-encode with jpeg-encoder, then optimise its tables.
-            let pix = enc(
-                &src_px,
-                w,
-                h,
-                Enc {
-                    progressive: false,
-                    q: target,
-                    sampling: SamplingFactor::F_2_2,
-                    restart: None,
-                    grayscale: false,
-                },
-            );
-            let pix = optimize_huffman(&pix).unwrap();
-            let (_, _, pix_px) = decode(&pix);
-            let (pf, pp) = (psnr(&src_px, &fast_px), psnr(&src_px, &pix_px));
-            let ratio = r.jpeg.len() as f64 / pix.len() as f64;
-            eprintln!(
-                "q{src_q}->q{target}: fast {} B {pf:.2} dB, pixel {} B {pp:.2} dB, size ratio {ratio:.3}",
-                r.jpeg.len(),
-                pix.len()
-            );
-            // Smaller is fine as long as quality holds (ties rounded toward zero can beat the
-            // pixel path); larger must stay within a few percent.
-            assert!(ratio < 1.06, "size ratio {ratio}");
-            assert!(pf > pp - 0.15, "psnr {pf} vs {pp}");
+/// What compress.rs's pure-Rust pixel path makes of decoded pixels (`encode_pure_rust`):
+/// jpeg-encoder with 2x2-averaged 4:2:0 chroma and standard tables, then our Huffman pass.
+fn pixel_path(px: &[u8], w: u16, h: u16, q: u8, grayscale: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut e = Encoder::new(&mut out, q);
+    e.set_sampling_factor(SamplingFactor::R_4_2_0);
+    e.set_chroma_subsampling_method(jpeg_encoder::ChromaSubsamplingMethod::Average);
+    let ct = if grayscale {
+        ColorType::Luma
+    } else {
+        ColorType::Rgb
+    };
+    e.encode(px, w, h, ct).unwrap();
+    optimize_huffman(&out).unwrap()
+}
+
+/// The inputs the service sends down the fast path (`compress::takes_fast_path`: 4:2:0 YCbCr
+/// or grayscale), in each coding the reader handles, at `qualities`.
+fn fast_path_cases(sizes: &[(u16, u16)], qualities: &[u8]) -> Vec<(String, u16, u16, Enc)> {
+    let mut cases = Vec::new();
+    for &(w, h) in sizes {
+        for grayscale in [false, true] {
+            for (progressive, restart) in [(false, None), (false, Some(3)), (true, None)] {
+                for &q in qualities {
+                    let o = Enc {
+                        progressive,
+                        q,
+                        sampling: SamplingFactor::F_2_2,
+                        restart,
+                        grayscale,
+                    };
+                    let kind = match (progressive, restart, grayscale) {
+                        (true, _, false) => "prog 420",
+                        (true, _, true) => "prog gray",
+                        (false, Some(_), false) => "rst3 420",
+                        (false, Some(_), true) => "rst3 gray",
+                        (false, None, false) => "base 420",
+                        (false, None, true) => "base gray",
+                    };
+                    cases.push((format!("{w}x{h} {kind} q{q}"), w, h, o));
+                }
+            }
         }
     }
+    cases
+}
+
+/// Cases of `requantize_matches_pixel_reencode` measured outside its bounds, listed here (with
+/// what was measured) rather than widening the bounds for every case: (size, colour, source
+/// quality, target, bytes ratio, PSNR loss in dB), each the same for baseline, restart and
+/// progressive inputs. Grayscale where the steps exactly double (q75 -> q50, q85 -> q70):
+/// ties rounded toward zero drop every +-1 coefficient, 25-44% fewer bytes for 0.2-0.34 dB.
+/// 333x211 4:2:0 q85 -> q50: 3.0-3.2% more bytes for 0.02 dB more.
+const OVER_BOUNDS: [(&str, &str, u8, u8, f64, f64); 4] = [
+    ("512x384", "gray", 75, 50, 0.555, 0.34),
+    ("333x211", "gray", 75, 50, 0.749, 0.21),
+    ("512x384", "gray", 85, 70, 0.658, 0.27),
+    ("333x211", "420", 85, 50, 1.032, -0.02),
+];
+
+#[test]
+fn requantize_matches_pixel_reencode() {
+    // At the same target quality, the fast path must cost at most 3% more bytes than decoding
+    // and re-encoding, and lose at most 0.1 dB of PSNR (both against the decoded input).
+    // Smaller or better is fine: below the target the fast path keeps the input's
+    // coefficients, where the pixel path quantises a second time.
+    const MAX_BYTES_RATIO: f64 = 1.03;
+    const MAX_PSNR_LOSS: f64 = 0.1;
+    let qualities = [30, 45, 55, 65, 75, 85, 90, 95, 97];
+    let mut runs: Vec<(String, Vec<u8>, u16, u16, Enc, u8)> = Vec::new();
+    for (label, w, h, o) in fast_path_cases(&[(512, 384), (333, 211)], &qualities) {
+        runs.push((label, encode_case(w, h, o), w, h, o, 50));
+    }
+    // Other targets, from the high qualities phones and cameras write.
+    for (label, w, h, o) in fast_path_cases(&[(512, 384)], &[85, 95]) {
+        let input = encode_case(w, h, o);
+        for target in [40u8, 70] {
+            runs.push((label.clone(), input.clone(), w, h, o, target));
+        }
+    }
+    let mut failures = Vec::new();
+    let (mut worst_ratio, mut worst_loss) = (0f64, f64::MIN);
+    for (label, input, w, h, o, target) in &runs {
+        let (_, _, src_px) = decode(input);
+        let r = requantize(input, *target).unwrap();
+        let (_, _, fast_px) = decode(&r.jpeg);
+        let pix = pixel_path(&src_px, *w, *h, *target, o.grayscale);
+        let (_, _, pix_px) = decode(&pix);
+        let (pf, pp) = (psnr(&src_px, &fast_px), psnr(&src_px, &pix_px));
+        let ratio = r.jpeg.len() as f64 / pix.len() as f64;
+        let loss = pp - pf;
+        eprintln!(
+            "{label} -> q{target}: fast {} B {pf:.2} dB, pixel {} B {pp:.2} dB, \
+             bytes ratio {ratio:.3}, psnr diff {:+.2} dB",
+            r.jpeg.len(),
+            pix.len(),
+            -loss
+        );
+        let colour = if o.grayscale { "gray" } else { "420" };
+        let known = OVER_BOUNDS
+            .iter()
+            .find(|k| (k.0, k.1, k.2, k.3) == (&format!("{w}x{h}")[..], colour, o.q, *target));
+        // A listed case may not get worse than measured (rounding slack only).
+        let (max_ratio, max_loss) = match known {
+            Some(k) => (k.4 + 0.002, k.5 + 0.01),
+            None => (MAX_BYTES_RATIO, MAX_PSNR_LOSS),
+        };
+        if known.is_none() {
+            worst_ratio = worst_ratio.max(ratio);
+            worst_loss = worst_loss.max(loss);
+        }
+        if ratio > max_ratio || loss > max_loss {
+            failures.push(format!(
+                "{label} -> q{target}: bytes ratio {ratio:.3}, psnr {pf:.2} vs {pp:.2} dB"
+            ));
+        }
+    }
+    eprintln!(
+        "{} cases; outside OVER_BOUNDS: worst bytes ratio {worst_ratio:.3}, \
+         worst psnr loss {worst_loss:.2} dB",
+        runs.len()
+    );
+    assert!(failures.is_empty(), "over the bounds: {failures:#?}");
+}
+
+/// Whether libjpeg-turbo's `djpeg` can be run. Absent, tests that need it are skipped, unless
+/// IMGBATCH_REQUIRE_DJPEG is set (CI sets it), where a missing tool must not pass as a skip.
+fn djpeg_present(test: &str) -> bool {
+    match std::process::Command::new("djpeg").arg("-version").output() {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::env::var_os("IMGBATCH_REQUIRE_DJPEG").is_some() {
+                panic!("{test}: djpeg is not installed and IMGBATCH_REQUIRE_DJPEG is set");
+            }
+            eprintln!("{test}: djpeg not installed (libjpeg-turbo-progs); skipping");
+            false
+        }
+        Err(e) => panic!("{test}: cannot run djpeg: {e}"),
+    }
+}
+
+/// A decode by libjpeg-turbo's djpeg: exit status, stderr, and the PNM samples (RGB or gray).
+struct Djpeg {
+    ok: bool,
+    stderr: String,
+    width: u32,
+    height: u32,
+    samples: Vec<u8>,
+}
+
+fn djpeg(jpeg: &[u8]) -> Djpeg {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("djpeg")
+        .arg("-pnm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn djpeg");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = jpeg.to_vec();
+    // Written from another thread: djpeg starts writing pixels before it has read everything,
+    // and both pipes are bounded.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let (width, height, samples) = parse_pnm(&out.stdout).unwrap_or((0, 0, Vec::new()));
+    Djpeg {
+        ok: out.status.success(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        width,
+        height,
+        samples,
+    }
+}
+
+/// Binary PGM/PPM with maxval 255, as djpeg writes them.
+fn parse_pnm(d: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
+    if !(d.starts_with(b"P5") || d.starts_with(b"P6")) {
+        return None;
+    }
+    let mut p = 2;
+    let mut fields = [0u32; 3];
+    for f in &mut fields {
+        while d.get(p)?.is_ascii_whitespace() {
+            p += 1;
+        }
+        let start = p;
+        while d.get(p)?.is_ascii_digit() {
+            p += 1;
+        }
+        *f = std::str::from_utf8(&d[start..p]).ok()?.parse().ok()?;
+    }
+    let [w, h, maxval] = fields;
+    if maxval != 255 {
+        return None;
+    }
+    Some((w, h, d.get(p + 1..)?.to_vec()))
+}
+
+/// Our outputs must decode cleanly in libjpeg-turbo, a decoder independent of ours and of
+/// zune-jpeg (which `image` uses): libjpeg reports recoverable damage ("Corrupt JPEG data",
+/// "Premature end of JPEG file") only as a warning on stderr with exit status 0, so stderr
+/// must be empty too. Its pixels must also agree with zune-jpeg's: to within 1 (IDCT
+/// rounding) for grayscale, to 40 dB for colour.
+#[test]
+fn outputs_decode_cleanly_in_libjpeg() {
+    if !djpeg_present("outputs_decode_cleanly_in_libjpeg") {
+        return;
+    }
+    let sizes = [(1, 1), (8, 9), (17, 9), (33, 17), (77, 45), (257, 131)];
+    let mut inputs: Vec<(String, Vec<u8>)> = fast_path_cases(&sizes, &[30, 50, 75, 90, 97])
+        .into_iter()
+        .map(|(label, w, h, o)| (label, encode_case(w, h, o)))
+        .collect();
+    // requantize also takes what the service sends down the pixel path; it must be valid too.
+    for &(sampling, sname) in &SAMPLINGS[1..] {
+        for &(w, h) in &[(17u16, 9u16), (77, 45)] {
+            for (progressive, restart) in [(false, None), (false, Some(1)), (true, None)] {
+                let o = Enc {
+                    progressive,
+                    q: 85,
+                    sampling,
+                    restart,
+                    grayscale: false,
+                };
+                let label = format!("{w}x{h} {sname} prog={progressive} rst={restart:?} q85");
+                inputs.push((label, encode_case(w, h, o)));
+            }
+        }
+    }
+    let (mut worst_gray, mut worst_color_psnr) = (0u8, f64::MAX);
+    let mut problems = Vec::new();
+    for (label, input) in &inputs {
+        let r = requantize(input, 50).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let opt = optimize_huffman(input).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let src = djpeg(input);
+        assert!(
+            src.ok && src.stderr.is_empty(),
+            "{label}: input: {}",
+            src.stderr
+        );
+        let gray = label.contains("gray");
+        // Same coefficients must give libjpeg's very same pixels: always for the Huffman pass,
+        // and for requantize when the input is already at or below the target quality.
+        let unchanged = label.ends_with(" q30") || label.ends_with(" q50");
+        for (what, out, same) in [
+            ("requantize q50", &r.jpeg, unchanged),
+            ("optimize_huffman", &opt, true),
+        ] {
+            let d = djpeg(out);
+            if !d.ok || !d.stderr.is_empty() {
+                problems.push(format!("{label} {what}: ok={} stderr={:?}", d.ok, d.stderr));
+                continue;
+            }
+            if same && (d.width, d.height, &d.samples) != (src.width, src.height, &src.samples) {
+                problems.push(format!(
+                    "{label} {what}: libjpeg decodes it unlike the input"
+                ));
+            }
+            let (w, h, ours) = decode(out);
+            if (d.width, d.height) != (w, h) || d.samples.len() != ours.len() {
+                problems.push(format!(
+                    "{label} {what}: djpeg {}x{} ({} samples), zune-jpeg {w}x{h} ({})",
+                    d.width,
+                    d.height,
+                    d.samples.len(),
+                    ours.len()
+                ));
+                continue;
+            }
+            let diff = d
+                .samples
+                .iter()
+                .zip(&ours)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap_or(0);
+            let p = psnr(&d.samples, &ours);
+            if gray {
+                worst_gray = worst_gray.max(diff);
+                if diff > 1 {
+                    problems.push(format!("{label} {what}: samples differ by up to {diff}"));
+                }
+            } else {
+                // libjpeg's triangular chroma upsampling and colour conversion differ from
+                // zune-jpeg's by several levels at colour edges (measured: up to 11, 43.4 dB
+                // at worst here); a block decoded wrongly costs far more.
+                worst_color_psnr = worst_color_psnr.min(p);
+                if p < 40.0 {
+                    problems.push(format!("{label} {what}: djpeg vs zune-jpeg {p:.1} dB"));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{} inputs, 2 outputs each: djpeg vs zune-jpeg: gray max diff {worst_gray}, \
+         colour min psnr {worst_color_psnr:.1} dB",
+        inputs.len()
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 #[test]
