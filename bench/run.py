@@ -62,6 +62,15 @@ STATUS_RPS_BOUND = 5000.0
 STATUS_P99_BOUND_MS = 20.0
 BYTES_RATIO_BOUND = 1.0
 PSNR_DELTA_BOUND_DB = -0.2
+# Throughput against the Pillow loop on the same images: the default pure-Rust build, the
+# `turbo` feature build, and the JPEG-only run of the default build (the DCT-domain fast path).
+THROUGHPUT_BOUND = 0.7
+THROUGHPUT_BOUND_TURBO = 1.0
+JPEG_THROUGHPUT_BOUND = 1.3
+RSS_BOUND_MB = 200.0
+# The memory phase: a batch of this many 12-megapixel images, default settings, fresh process.
+MEMORY_BATCH = 40
+PHASES = ("throughput", "jpeg", "status", "upload", "memory")
 
 QUALITY = 50
 
@@ -89,9 +98,10 @@ class InputImage:
         self.name = path.name
         self.data = path.read_bytes()
         with Image.open(io.BytesIO(self.data)) as im:
+            # Read before exif_transpose, whose copy has no format.
+            self.format = im.format or path.suffix.lstrip(".").upper()
             im = ImageOps.exif_transpose(im)
             self.width, self.height = im.size
-            self.format = im.format or path.suffix.lstrip(".").upper()
         self.pixels = self.width * self.height
         self.klass = size_class(self.name)
 
@@ -555,16 +565,17 @@ def failed_images(body: dict) -> list[str]:
 
 
 def measure_throughput(svc: Service, origin: Origin, images: list[InputImage], reps: int,
-                       timeout: float) -> tuple[dict, dict]:
+                       timeout: float, tag: str = "r") -> tuple[dict, dict]:
     rows = []
     for r in range(1, reps + 1):
         for img in images:
-            rows.append((f"bench r{r} {img.name}", [origin.url(img.name, f"r={r}")]))
+            # The tag keeps each run's URLs distinct, so no run is served by another's duplicate.
+            rows.append((f"bench {tag}{r} {img.name}", [origin.url(img.name, f"{tag}={r}")]))
     body, ctype = multipart_csv(csv_text(rows))
     total_pixels = sum(img.pixels for img in images) * reps
     n = len(images) * reps
-    wait_quiet(f"throughput ({svc.label})")
-    log(f"throughput: {n} images, {total_pixels / 1e6:.0f} MP")
+    wait_quiet(f"throughput {tag} ({svc.label})")
+    log(f"throughput ({tag}): {n} images, {total_pixels / 1e6:.0f} MP")
     t0 = time.perf_counter()
     rid, _ = svc.upload(body, ctype)
     final = svc.wait_settled(rid, timeout=timeout)
@@ -584,6 +595,33 @@ def measure_throughput(svc: Service, origin: Origin, images: list[InputImage], r
         "hwm_mb": hwm / 1024,
         "rss_max_mb": svc.rss_max_kb / 1024,
     }, final
+
+
+def measure_memory(svc: Service, origin: Origin, images: list[InputImage], timeout: float) -> dict:
+    """Peak RSS of a fresh process while it works through a batch of 12-megapixel images."""
+    xl = [i for i in images if i.pixels >= 8_000_000]
+    if not xl:
+        return {"missing": "no image of 8 MP or more in the folder"}
+    rows = [(f"memory {k} {xl[k % len(xl)].name}", [origin.url(xl[k % len(xl)].name, f"m={k}")])
+            for k in range(MEMORY_BATCH)]
+    body, ctype = multipart_csv(csv_text(rows))
+    idle_kb = svc.proc_status_kb("VmHWM")
+    log(f"memory: {MEMORY_BATCH} images of {', '.join(i.name for i in xl)}")
+    t0 = time.perf_counter()
+    rid, _ = svc.upload(body, ctype)
+    final = svc.wait_settled(rid, timeout=timeout, interval=0.05)
+    wall = time.perf_counter() - t0
+    svc.sample_rss()
+    return {
+        "images": MEMORY_BATCH,
+        "kinds": len(xl),
+        "wall": wall,
+        "idle_mb": idle_kb / 1024,
+        "hwm_mb": svc.proc_status_kb("VmHWM") / 1024,
+        "rss_max_mb": svc.rss_max_kb / 1024,
+        "status": final.get("status"),
+        "failed": failed_images(final),
+    }
 
 
 def measure_size_quality(svc: Service, origin: Origin, images: list[InputImage], final: dict,
@@ -794,16 +832,41 @@ def build_report(meta: dict, results: list[dict], skipped: list[str]) -> str:
             ratio = tp["mps"] / ref["mps"] if ref else None
             errs = len(tp["failed"])
             note = f", **{errs} failed**" if errs else ""
+            bound = THROUGHPUT_BOUND_TURBO if meta["turbo_build"] else THROUGHPUT_BOUND
             L.append(f"| throughput, MP/s ({tp['images']} images, {tp['mp']:.0f} MP, "
                      f"{tp['wall']:.1f} s{note}) | {db} | {fmt(tp['mps'])} | "
                      f"{'Pillow ×' + str(ref['procs']) + ' procs ' + fmt(ref['mps']) if ref else 'n/a'}"
-                     f" | {fmt(ratio, 2) if ratio else 'n/a'} | info (no bound) | "
-                     f"{verdict(False) if errs or tp['status'] != 'completed' else '—'} |")
+                     f" | {fmt(ratio, 2) if ratio else 'n/a'} | ≥ {bound:.1f} | "
+                     f"{verdict(bool(ratio) and ratio >= bound and not errs and tp['status'] == 'completed')} |")
             L.append(f"| throughput, images/s | {db} | {fmt(tp['ips'])} | "
                      f"{fmt(ref['ips']) if ref else 'n/a'} | "
                      f"{fmt(tp['ips'] / ref['ips'], 2) if ref else 'n/a'} | info | — |")
-            L.append(f"| peak RSS, MB (VmHWM; max sampled VmRSS) | {db} | {fmt(tp['hwm_mb'], 0)}"
+            L.append(f"| peak RSS during the throughput run, MB (VmHWM; max sampled VmRSS) | {db} | {fmt(tp['hwm_mb'], 0)}"
                      f" ({fmt(tp['rss_max_mb'], 0)}) | — | — | info | — |")
+        jp = res.get("jpeg")
+        if jp:
+            tp, ref = jp["service"], jp["reference"]
+            ratio = tp["mps"] / ref["mps"]
+            errs = len(tp["failed"])
+            note = f", **{errs} failed**" if errs else ""
+            bound = "info" if meta["turbo_build"] else f"≥ {JPEG_THROUGHPUT_BOUND:.1f}"
+            ok = not errs and tp["status"] == "completed"
+            L.append(f"| throughput on the JPEGs only, MP/s ({tp['images']} images, "
+                     f"{tp['mp']:.0f} MP, {tp['wall']:.1f} s{note}) | {db} | {fmt(tp['mps'])} | "
+                     f"Pillow ×{ref['procs']} procs {fmt(ref['mps'])} | {fmt(ratio, 2)} | {bound} | "
+                     f"{verdict(ok and ratio >= JPEG_THROUGHPUT_BOUND) if not meta['turbo_build'] else verdict(ok) if not ok else '—'} |")
+        mem = res.get("memory")
+        if mem:
+            if "missing" in mem:
+                L.append(f"| peak RSS, 12 MP batch | {db} | {mem['missing']} | | | | — |")
+            else:
+                errs = len(mem["failed"])
+                note = f", **{errs} failed**" if errs else ""
+                L.append(f"| peak RSS, MB: fresh process, default settings, {mem['images']} "
+                         f"images of 12 MP ({mem['kinds']} files), {mem['wall']:.1f} s{note}; "
+                         f"idle {fmt(mem['idle_mb'], 0)} MB | {db} | {fmt(mem['hwm_mb'], 0)} | — | — | "
+                         f"≤ {RSS_BOUND_MB:.0f} | "
+                         f"{verdict(mem['hwm_mb'] <= RSS_BOUND_MB and not errs and mem['status'] == 'completed')} |")
         up = res.get("upload")
         if up:
             L.append(f"| upload latency, ms (10,000 rows × 3 URLs, {up['body_mb']:.1f} MB; "
@@ -955,41 +1018,69 @@ def run_database(kind: str, args, binary: Path, tmp: Path, origin: Origin,
                  images: list[InputImage], reps: int, pillow_cache: dict) -> dict:
     res: dict = {"db": kind}
     set_mp = sum(i.pixels for i in images) / 1e6
+    phases = args.phases
     try:
-        with fresh_database(kind, tmp, args.pg_url) as db_url:
-            log(f"[{kind}] starting service (workers on)")
-            with Service(binary, db_url, tmp, label=f"imgbatch-{kind}") as svc:
-                log(f"[{kind}] service at {svc.base}")
-                # Generous: 1 MP/s would be pathological.
-                tp_timeout = max(120.0, set_mp * reps / 1.0)
-                tp, final = measure_throughput(svc, origin, images, reps, tp_timeout)
-                res["throughput"] = tp
-                log(f"[{kind}] service: {tp['mps']:.1f} MP/s, {tp['ips']:.1f} images/s, "
-                    f"{tp['wall']:.1f} s, status {tp['status']}, VmHWM {tp['hwm_mb']:.0f} MB")
-                log(f"[{kind}] reference: Pillow, {os.cpu_count()} processes")
-                ref = pillow_reference(images, reps)
-                res["reference"] = ref
-                log(f"[{kind}] reference: {ref['mps']:.1f} MP/s, {ref['wall']:.1f} s")
-                log(f"[{kind}] size and quality")
-                res["size"] = measure_size_quality(svc, origin, images, final, pillow_cache)
-                log(f"[{kind}] bytes ratio {res['size']['ratio']:.3f}, "
-                    f"ΔPSNR {res['size']['dpsnr']:+.2f} dB")
-                log(f"[{kind}] status endpoint")
-                res["status"] = measure_status(svc, origin, images, timeout=300,
-                                               wrk_seconds=args.wrk_seconds,
-                                               small_seconds=args.small_wrk_seconds)
-                st = res["status"]
-                if "rps" in st:
-                    log(f"[{kind}] status: {st['rps']:.0f} req/s, p99 {st['p99_ms']:.2f} ms")
-            res.setdefault("log_problems", collections.Counter()).update(svc.log_problems)
-        with fresh_database(kind, tmp, args.pg_url) as db_url:
-            log(f"[{kind}] starting service with IMGBATCH_WORKERS=0 for upload latency")
-            with Service(binary, db_url, tmp, extra_env={"IMGBATCH_WORKERS": "0"},
-                         label=f"imgbatch-{kind}-api") as svc:
-                res["upload"] = measure_upload_latency(svc, origin, images)
-                up = res["upload"]
-                log(f"[{kind}] upload: median {up['median_ms']:.0f} ms, max {up['max_ms']:.0f} ms")
-            res.setdefault("log_problems", collections.Counter()).update(svc.log_problems)
+        if {"throughput", "jpeg", "status"} & phases:
+            with fresh_database(kind, tmp, args.pg_url) as db_url:
+                log(f"[{kind}] starting service (workers on)")
+                with Service(binary, db_url, tmp, label=f"imgbatch-{kind}") as svc:
+                    log(f"[{kind}] service at {svc.base}")
+                    if "throughput" in phases:
+                        # Generous: 1 MP/s would be pathological.
+                        tp_timeout = max(120.0, set_mp * reps / 1.0)
+                        tp, final = measure_throughput(svc, origin, images, reps, tp_timeout)
+                        res["throughput"] = tp
+                        log(f"[{kind}] service: {tp['mps']:.1f} MP/s, {tp['ips']:.1f} images/s, "
+                            f"{tp['wall']:.1f} s, status {tp['status']}, "
+                            f"VmHWM {tp['hwm_mb']:.0f} MB")
+                        log(f"[{kind}] reference: Pillow, {os.cpu_count()} processes")
+                        ref = pillow_reference(images, reps)
+                        res["reference"] = ref
+                        log(f"[{kind}] reference: {ref['mps']:.1f} MP/s, {ref['wall']:.1f} s")
+                        log(f"[{kind}] size and quality")
+                        res["size"] = measure_size_quality(svc, origin, images, final,
+                                                           pillow_cache)
+                        log(f"[{kind}] bytes ratio {res['size']['ratio']:.3f}, "
+                            f"ΔPSNR {res['size']['dpsnr']:+.2f} dB")
+                    jpegs = [i for i in images if i.format == "JPEG"]
+                    if "jpeg" in phases and jpegs:
+                        jmp = sum(i.pixels for i in jpegs) / 1e6
+                        jreps = max(1, math.ceil(args.target_mp / jmp - 1e-9))
+                        tp, _ = measure_throughput(svc, origin, jpegs, jreps,
+                                                   max(120.0, jmp * jreps), tag="j")
+                        ref = pillow_reference(jpegs, jreps)
+                        res["jpeg"] = {"service": tp, "reference": ref}
+                        log(f"[{kind}] JPEG only: {tp['mps']:.1f} MP/s vs Pillow "
+                            f"{ref['mps']:.1f} MP/s = {tp['mps'] / ref['mps']:.2f}x")
+                    if "status" in phases:
+                        log(f"[{kind}] status endpoint")
+                        res["status"] = measure_status(svc, origin, images, timeout=300,
+                                                       wrk_seconds=args.wrk_seconds,
+                                                       small_seconds=args.small_wrk_seconds)
+                        st = res["status"]
+                        if "rps" in st:
+                            log(f"[{kind}] status: {st['rps']:.0f} req/s, p99 {st['p99_ms']:.2f} ms")
+                res.setdefault("log_problems", collections.Counter()).update(svc.log_problems)
+        if "memory" in phases:
+            with fresh_database(kind, tmp, args.pg_url) as db_url:
+                log(f"[{kind}] starting a fresh service (default settings) for peak memory")
+                with Service(binary, db_url, tmp, label=f"imgbatch-{kind}-mem") as svc:
+                    res["memory"] = measure_memory(svc, origin, images, timeout=600)
+                    m = res["memory"]
+                    if "hwm_mb" in m:
+                        log(f"[{kind}] memory: VmHWM {m['hwm_mb']:.0f} MB over {m['images']} "
+                            f"images in {m['wall']:.1f} s")
+                res.setdefault("log_problems", collections.Counter()).update(svc.log_problems)
+        if "upload" in phases:
+            with fresh_database(kind, tmp, args.pg_url) as db_url:
+                log(f"[{kind}] starting service with IMGBATCH_WORKERS=0 for upload latency")
+                with Service(binary, db_url, tmp, extra_env={"IMGBATCH_WORKERS": "0"},
+                             label=f"imgbatch-{kind}-api") as svc:
+                    res["upload"] = measure_upload_latency(svc, origin, images)
+                    up = res["upload"]
+                    log(f"[{kind}] upload: median {up['median_ms']:.0f} ms, "
+                        f"max {up['max_ms']:.0f} ms")
+                res.setdefault("log_problems", collections.Counter()).update(svc.log_problems)
     except BenchError as e:
         log(f"[{kind}] ERROR: {e}")
         res["error"] = str(e)
@@ -1020,6 +1111,8 @@ def main() -> int:
     ap.add_argument("--quiet-wait", type=float, default=60.0,
                     help="before each timed phase, wait up to this many seconds for the machine "
                          "to be under 25%% busy (default 60; 0 disables)")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help=f"phases to run, comma-separated (default: {','.join(PHASES)})")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "latest.md",
                     help="where to write the markdown report")
     args = ap.parse_args()
@@ -1028,6 +1121,9 @@ def main() -> int:
     if args.wrk_seconds is None:
         args.wrk_seconds = 10
     QUIET["max_wait"] = max(0.0, args.quiet_wait)
+    args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if args.phases - set(PHASES):
+        ap.error(f"unknown phase(s) {sorted(args.phases - set(PHASES))}; known: {', '.join(PHASES)}")
 
     try:
         binary = binary_path() if args.no_build else build(args.feature)
@@ -1073,6 +1169,7 @@ def main() -> int:
             "turbo": pil_features.version("libjpeg_turbo") or "absent",
             "build": "release" + (f" --features {','.join(args.feature)}" if args.feature else "")
                      + (" (--no-build)" if args.no_build else ""),
+            "turbo_build": "turbo" in args.feature,
             "wrk_s": args.wrk_seconds,
             "small_wrk_s": args.small_wrk_seconds,
         }
