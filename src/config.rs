@@ -160,6 +160,13 @@ pub struct Config {
     )]
     pub api_keys: Vec<String>,
 
+    /// Status bodies of requests with more images than this are streamed from the database a
+    /// page at a time (chunked, never cached) instead of built whole in memory (and cached
+    /// once finished).
+    #[arg(long, env = "IMGBATCH_STATUS_STREAM_THRESHOLD",
+          default_value_t = crate::api::status_stream::DEFAULT_THRESHOLD)]
+    pub status_stream_threshold: u64,
+
     /// Log format: human-readable text or one JSON object a line.
     #[arg(long, env = "IMGBATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -204,6 +211,11 @@ pub struct Limits {
     /// Time allowed for one webhook delivery attempt.
     #[arg(long, env = "IMGBATCH_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub webhook_timeout: Duration,
+    /// How long a streamed status body waits for a client that stops reading before it gives
+    /// up (and cuts the connection), so a stalled client cannot hold a database snapshot open.
+    #[arg(long, env = "IMGBATCH_STATUS_STREAM_IDLE_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration)]
+    pub status_stream_idle_timeout: Duration,
     /// Most redirects followed for one image (each hop is checked again).
     #[arg(long, env = "IMGBATCH_MAX_REDIRECTS", default_value_t = 5)]
     pub max_redirects: usize,

@@ -130,6 +130,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     let app = api::router(state);
     let http_shutdown = shutdown.clone();
+    // TCP_NODELAY: a streamed status body is written in many pieces, and with Nagle's
+    // algorithm each small piece after the first waits for the client's (delayed, up to 40 ms)
+    // acknowledgement of the one before. Whole bodies go out in one write either way.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let http = tokio::spawn(async move {
         axum::serve(
             listener,

@@ -1,11 +1,17 @@
 //! What clients see of a request: the status body (also the webhook's `data`) and output.csv,
 //! both built from one consistent read of the stored rows.
 
+use std::collections::VecDeque;
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::{RequestId, Status};
-use crate::store::{DeliveryState, ImageRow, ProductRow, RequestDetail, WebhookRow};
+use crate::store::{
+    DeliveryState, ImageRow, ProductRow, RequestDetail, RequestRow, StoreError, StoreResult,
+    WebhookRow,
+};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -104,28 +110,17 @@ impl StatusBody {
             products,
             images,
         } = detail;
-        let webhook = WebhookBody::build(request.webhook_url.as_deref(), webhook);
-        let output_image_urls = images.iter().map(|i| i.output_url.clone()).collect();
-        let products = group(products, images)
-            .map(|(p, imgs)| ProductBody {
-                serial_number: p.serial_number,
-                product_name: p.product_name,
-                status: p.status,
-                input_image_urls: imgs.iter().map(|i| i.input_url.clone()).collect(),
-                output_image_urls: imgs.iter().map(|i| i.output_url.clone()).collect(),
-                images: imgs
-                    .into_iter()
-                    .map(|i| ImageBody {
-                        input_image_url: i.input_url,
-                        output_image_url: i.output_url,
-                        status: i.status,
-                        error: i.error,
-                        attempts: i.attempts,
-                        codec: i.codec,
-                    })
-                    .collect(),
-            })
+        let mut body = Self::skeleton(request, webhook);
+        body.output_image_urls = images.iter().map(|i| i.output_url.clone()).collect();
+        body.products = group(products, images)
+            .map(|(p, imgs)| ProductBody::build(p, imgs))
             .collect();
+        body
+    }
+
+    /// Everything but the two lists, which are left empty: the streamed body
+    /// ([`StatusStream`]) cuts this one open where they go.
+    fn skeleton(request: RequestRow, webhook: Option<WebhookRow>) -> Self {
         StatusBody {
             request_id: request.id,
             status: request.status,
@@ -138,13 +133,240 @@ impl StatusBody {
                     - request.completed_images
                     - request.failed_images,
             },
-            output_image_urls,
-            products,
-            webhook,
+            output_image_urls: Vec::new(),
+            products: Vec::new(),
+            webhook: WebhookBody::build(request.webhook_url.as_deref(), webhook),
             created_at: request.created_at,
             updated_at: request.updated_at,
         }
     }
+}
+
+impl ProductBody {
+    /// A product and its images, in CSV order.
+    fn build(p: ProductRow, imgs: Vec<ImageRow>) -> Self {
+        ProductBody {
+            serial_number: p.serial_number,
+            product_name: p.product_name,
+            status: p.status,
+            input_image_urls: imgs.iter().map(|i| i.input_url.clone()).collect(),
+            output_image_urls: imgs.iter().map(|i| i.output_url.clone()).collect(),
+            images: imgs
+                .into_iter()
+                .map(|i| ImageBody {
+                    input_image_url: i.input_url,
+                    output_image_url: i.output_url,
+                    status: i.status,
+                    error: i.error,
+                    attempts: i.attempts,
+                    codec: i.codec,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Where a streamed status body reads a request's rows, a page at a time, in CSV order: at
+/// most `limit` rows after the key `after` (an ordinal or a product position; `-1` for the
+/// first page). In the service, pages of one read snapshot; in tests, a vector.
+pub trait StatusRows {
+    /// (ordinal, output URL) of the request's images.
+    fn output_urls(
+        &mut self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<(i64, Option<String>)>>> + Send;
+    /// The request's products, by position.
+    fn products(
+        &mut self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<ProductRow>>> + Send;
+    /// (ordinal, row) of the request's images.
+    fn images(
+        &mut self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<(i64, ImageRow)>>> + Send;
+}
+
+/// The status body of a large request, a chunk at a time: the same bytes as
+/// `serde_json::to_vec(&StatusBody::build(detail))` on the same rows, but holding only a
+/// page of rows (and one product's images) at once.
+///
+/// The schema stays in one place: the top level is `StatusBody`'s own serialization with
+/// both lists empty, cut open where they go, and each element is serialized from
+/// `Option<String>` and [`ProductBody`] as the whole body serializes them.
+pub struct StatusStream {
+    /// Rows asked for a query.
+    page: i64,
+    /// A chunk ends once it holds this many bytes (or the body ends).
+    chunk_bytes: usize,
+    phase: Phase,
+    /// Whether the list being written has no element yet (no comma before the next).
+    first: bool,
+    /// `{"requestId":…,"outputImageUrls":[`, until it is sent.
+    head: Vec<u8>,
+    /// `],"products":[`
+    middle: Vec<u8>,
+    /// `],"webhook":…}`
+    tail: Vec<u8>,
+    urls: Paged<(i64, Option<String>)>,
+    products: Paged<ProductRow>,
+    images: Paged<(i64, ImageRow)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    OutputUrls,
+    Products,
+    Done,
+}
+
+/// Rows read from one keyset-paged query and not written yet.
+struct Paged<T> {
+    rows: VecDeque<T>,
+    /// The key of the last row read (`-1` before the first page).
+    after: i64,
+    /// A short page was the last.
+    done: bool,
+}
+
+impl<T> Default for Paged<T> {
+    fn default() -> Self {
+        Paged {
+            rows: VecDeque::new(),
+            after: -1,
+            done: false,
+        }
+    }
+}
+
+impl<T> Paged<T> {
+    /// Takes a page in, if nothing is left of the last one and there may be more.
+    fn needs_page(&self) -> bool {
+        self.rows.is_empty() && !self.done
+    }
+
+    fn add_page(&mut self, page: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) {
+        self.done = (page.len() as i64) < limit;
+        if let Some(last) = page.last() {
+            self.after = key(last);
+        }
+        self.rows.extend(page);
+    }
+}
+
+impl StatusStream {
+    /// `request` and `webhook` must come from the same snapshot as the rows given to
+    /// [`StatusStream::next_chunk`]; `page` rows are asked for a query, and a chunk ends once
+    /// it holds `chunk_bytes`.
+    pub fn new(
+        request: RequestRow,
+        webhook: Option<WebhookRow>,
+        page: i64,
+        chunk_bytes: usize,
+    ) -> StoreResult<Self> {
+        let json = serde_json::to_vec(&StatusBody::skeleton(request, webhook)).map_err(json_err)?;
+        // The quotes inside a JSON string are escaped, so these cannot match inside a value.
+        let urls = find(&json, br#""outputImageUrls":[]"#)?;
+        let products = find(&json, br#""products":[]"#)?;
+        if products < urls {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "status body: products must follow outputImageUrls"
+            )));
+        }
+        Ok(StatusStream {
+            page: page.max(1),
+            chunk_bytes: chunk_bytes.max(1),
+            phase: Phase::OutputUrls,
+            first: true,
+            head: json[..urls - 1].to_vec(),
+            middle: json[urls - 1..products - 1].to_vec(),
+            tail: json[products - 1..].to_vec(),
+            urls: Paged::default(),
+            products: Paged::default(),
+            images: Paged::default(),
+        })
+    }
+
+    /// The next chunk of the body, or `None` after the last.
+    pub async fn next_chunk(&mut self, rows: &mut impl StatusRows) -> StoreResult<Option<Vec<u8>>> {
+        if self.phase == Phase::Done {
+            return Ok(None);
+        }
+        let mut buf = std::mem::take(&mut self.head);
+        while buf.len() < self.chunk_bytes {
+            match self.phase {
+                Phase::OutputUrls => {
+                    if self.urls.needs_page() {
+                        let page = rows.output_urls(self.urls.after, self.page).await?;
+                        self.urls.add_page(page, self.page, |(o, _)| *o);
+                    }
+                    let Some((_, url)) = self.urls.rows.pop_front() else {
+                        buf.extend_from_slice(&self.middle);
+                        (self.phase, self.first) = (Phase::Products, true);
+                        continue;
+                    };
+                    self.comma(&mut buf);
+                    serde_json::to_writer(&mut buf, &url).map_err(json_err)?;
+                }
+                Phase::Products => {
+                    if self.products.needs_page() {
+                        let page = rows.products(self.products.after, self.page).await?;
+                        self.products.add_page(page, self.page, |p| p.position);
+                    }
+                    let Some(p) = self.products.rows.pop_front() else {
+                        buf.extend_from_slice(&self.tail);
+                        self.phase = Phase::Done;
+                        break;
+                    };
+                    // As `group`: the images that follow, while they are this product's.
+                    let mut mine = Vec::new();
+                    loop {
+                        if self.images.needs_page() {
+                            let page = rows.images(self.images.after, self.page).await?;
+                            self.images.add_page(page, self.page, |(o, _)| *o);
+                        }
+                        match self.images.rows.front() {
+                            Some((_, i)) if i.product_id == p.id => {
+                                mine.extend(self.images.rows.pop_front().map(|(_, i)| i));
+                            }
+                            _ => break,
+                        }
+                    }
+                    self.comma(&mut buf);
+                    serde_json::to_writer(&mut buf, &ProductBody::build(p, mine))
+                        .map_err(json_err)?;
+                }
+                Phase::Done => break,
+            }
+        }
+        Ok(Some(buf))
+    }
+
+    fn comma(&mut self, buf: &mut Vec<u8>) {
+        if !std::mem::take(&mut self.first) {
+            buf.push(b',');
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> StoreResult<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|at| at + needle.len())
+        .ok_or_else(|| {
+            StoreError::Other(anyhow::anyhow!(
+                "status body has no {}",
+                String::from_utf8_lossy(needle)
+            ))
+        })
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Other(e.into())
 }
 
 /// Pairs each product with its images; both lists are in CSV order, so one pass does it.
@@ -289,6 +511,118 @@ mod tests {
         assert_eq!(json["products"][0]["serialNumber"], 1);
         assert_eq!(json["status"], "processing");
         assert!(json["webhook"].is_null());
+    }
+
+    /// The rows of a `RequestDetail`, a page at a time, with ordinals in CSV order.
+    struct Pages(RequestDetail);
+
+    impl StatusRows for Pages {
+        async fn output_urls(
+            &mut self,
+            after: i64,
+            limit: i64,
+        ) -> StoreResult<Vec<(i64, Option<String>)>> {
+            let imgs = self.images(after, limit).await?;
+            Ok(imgs.into_iter().map(|(o, i)| (o, i.output_url)).collect())
+        }
+
+        async fn products(&mut self, after: i64, limit: i64) -> StoreResult<Vec<ProductRow>> {
+            let page = self.0.products.iter().filter(|p| p.position > after);
+            Ok(page.take(limit as usize).cloned().collect())
+        }
+
+        async fn images(&mut self, after: i64, limit: i64) -> StoreResult<Vec<(i64, ImageRow)>> {
+            let all = self.0.images.iter().cloned().enumerate();
+            let page = all.map(|(o, i)| (o as i64, i)).filter(|(o, _)| *o > after);
+            Ok(page.take(limit as usize).collect())
+        }
+    }
+
+    /// Products with 0 to 4 images (none for the last), names and errors that need escaping,
+    /// and a webhook delivery.
+    fn varied() -> RequestDetail {
+        let mut d = detail();
+        d.products.clear();
+        d.images.clear();
+        for p in 0..9i64 {
+            d.products.push(ProductRow {
+                id: 100 + p,
+                position: p,
+                serial_number: p * 10,
+                product_name: format!("\"P{p}\" \u{e9}\\\n"),
+                status: if p % 2 == 0 {
+                    Status::Processing
+                } else {
+                    Status::Completed
+                },
+            });
+            for pos in 0..(if p == 8 { 0 } else { p % 5 }) {
+                d.images.push(ImageRow {
+                    product_id: 100 + p,
+                    position: pos,
+                    input_url: format!("http://a/{p}/{pos}"),
+                    status: Status::Failed,
+                    output_url: (pos % 2 == 0).then(|| format!("http://o/{p}-{pos}.jpg")),
+                    error: (pos % 2 == 1).then(|| "HTTP 404 \"Not Found\" \u{2717}".into()),
+                    attempts: pos,
+                    codec: (pos % 2 == 0).then(|| "pixels".into()),
+                });
+            }
+        }
+        d.request.total_products = d.products.len() as i64;
+        d.request.total_images = d.images.len() as i64;
+        d.request.webhook_url = Some("https://hooks.test/x".into());
+        d.webhook = Some(WebhookRow {
+            id: uuid::Uuid::nil(),
+            url: "https://hooks.test/x".into(),
+            state: DeliveryState::Failed,
+            attempts: 7,
+            last_status_code: Some(500),
+            last_error: Some("receiver answered \"500\"".into()),
+            next_attempt_at: None,
+            delivered_at: None,
+        });
+        d
+    }
+
+    async fn streamed(detail: RequestDetail, page: i64, chunk_bytes: usize) -> (Vec<u8>, usize) {
+        let mut body = StatusStream::new(
+            detail.request.clone(),
+            detail.webhook.clone(),
+            page,
+            chunk_bytes,
+        )
+        .unwrap();
+        let mut rows = Pages(detail);
+        let (mut out, mut chunks) = (Vec::new(), 0);
+        while let Some(chunk) = body.next_chunk(&mut rows).await.unwrap() {
+            out.extend_from_slice(&chunk);
+            chunks += 1;
+        }
+        (out, chunks)
+    }
+
+    #[tokio::test]
+    async fn streamed_body_is_the_built_body_byte_for_byte() {
+        let mut empty = detail();
+        empty.products.clear();
+        empty.images.clear();
+        for d in [detail(), varied(), empty] {
+            let built = serde_json::to_vec(&StatusBody::build(d.clone())).unwrap();
+            for (page, chunk_bytes) in [(1, 1), (2, 1), (3, 100), (4, 7), (7, 1 << 16), (1000, 1)] {
+                let (out, chunks) = streamed(d.clone(), page, chunk_bytes).await;
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    String::from_utf8(built.clone()).unwrap(),
+                    "pages of {page} rows, chunks of {chunk_bytes} bytes"
+                );
+                if chunk_bytes == 1 {
+                    // A chunk an element: the body really comes in pieces.
+                    let elements = d.images.len() + d.products.len();
+                    assert!(chunks > elements, "{chunks} chunks");
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod output_csv;
 mod rate_limit;
 mod status;
 pub mod status_cache;
+pub mod status_stream;
 mod upload;
 mod webhook_retry;
 

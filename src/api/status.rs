@@ -1,15 +1,17 @@
 use axum::extract::{Path, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::{AppState, Owner};
+use super::{status_stream, AppState, Owner};
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::report::StatusBody;
 
 /// Status of a request: progress, output URLs in CSV order, each product and image (with the
-/// reason of every failure), and the webhook delivery.
+/// reason of every failure), and the webhook delivery. The body of a request with more than
+/// `IMGBATCH_STATUS_STREAM_THRESHOLD` images (2,000 by default) is streamed (chunked transfer
+/// encoding, no `Content-Length`); an error part-way cuts the connection before the end.
 #[utoipa::path(
     get,
     path = "/api/status/{requestId}",
@@ -28,35 +30,49 @@ pub async fn status(
     State(state): State<AppState>,
     owner: Owner,
     Path(raw_id): Path<String>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     // A malformed ID names no request: 404 like any unknown one.
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
-    let version = state
+    let head = state
         .store
-        .request_version(id, &owner.0)
+        .request_head(id, &owner.0)
         .await?
         .ok_or_else(ApiError::request_not_found)?;
+    let version = head.version;
     let finished = version.status.is_final();
     let cached = finished
         .then(|| state.status_cache.get(id, &owner.0, &version))
         .flatten();
-    let body = match cached {
-        Some(body) => body,
-        None => {
-            let detail = state
-                .store
-                .request_detail(id, &owner.0)
-                .await?
-                .ok_or_else(ApiError::request_not_found)?;
-            let body = Bytes::from(
-                serde_json::to_vec(&StatusBody::build(detail))
-                    .map_err(|e| ApiError::Internal(e.into()))?,
-            );
-            if finished {
-                state.status_cache.put(id, &owner.0, version, body.clone());
-            }
-            body
-        }
-    };
-    Ok(([(header::CONTENT_TYPE, "application/json")], body))
+    if let Some(body) = cached {
+        return Ok(json(body));
+    }
+    // Large requests are streamed from one snapshot, a page at a time, and not cached: a
+    // cached body is the whole body in memory (up to the cache's per-entry cap, 8 MiB), and a
+    // few of them would evict every small body, which are the ones polled hard.
+    let threshold = i64::try_from(state.config.status_stream_threshold).unwrap_or(i64::MAX);
+    if head.total_images > threshold {
+        return status_stream::respond(
+            state.store.clone(),
+            id,
+            owner.0,
+            state.config.limits.status_stream_idle_timeout,
+        )
+        .await;
+    }
+    let detail = state
+        .store
+        .request_detail(id, &owner.0)
+        .await?
+        .ok_or_else(ApiError::request_not_found)?;
+    let body = Bytes::from(
+        serde_json::to_vec(&StatusBody::build(detail)).map_err(|e| ApiError::Internal(e.into()))?,
+    );
+    if finished {
+        state.status_cache.put(id, &owner.0, version, body.clone());
+    }
+    Ok(json(body))
+}
+
+fn json(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

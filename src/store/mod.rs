@@ -250,6 +250,15 @@ pub struct RequestVersion {
     pub webhook: Option<(DateTime<Utc>, i64, String)>,
 }
 
+/// What the status endpoint reads first, in one small query: the version (for its cache of
+/// finished bodies) and the number of images (to choose between building the body in memory
+/// and streaming it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub version: RequestVersion,
+    pub total_images: i64,
+}
+
 /// Everything the status endpoint shows, read in one consistent snapshot.
 #[derive(Debug, Clone)]
 pub struct RequestDetail {
@@ -396,6 +405,25 @@ impl Store {
         dispatch!(self, s => s.request_version(id, owner).await)
     }
 
+    /// The version of a request and its number of images (see [`RequestHead`]), if it exists
+    /// and belongs to `owner`. The same one query as [`Store::request_version`].
+    pub async fn request_head(
+        &self,
+        id: RequestId,
+        owner: &str,
+    ) -> StoreResult<Option<RequestHead>> {
+        dispatch!(self, s => s.request_head(id, owner).await)
+    }
+
+    /// Opens a read-only snapshot for reading a large request a page at a time (see
+    /// [`ReadSnapshot`]).
+    pub async fn read_snapshot(&self) -> StoreResult<ReadSnapshot> {
+        Ok(ReadSnapshot(match self {
+            Store::Sqlite(s) => SnapshotTx::Sqlite(s.begin_snapshot().await?),
+            Store::Postgres(s) => SnapshotTx::Postgres(s.begin_snapshot().await?),
+        }))
+    }
+
     /// Leases up to `limit` runnable image jobs to `worker` for `lease`.
     pub async fn claim_images(
         &self,
@@ -499,6 +527,92 @@ impl Store {
     /// Earliest time a pending job becomes runnable, to sleep exactly until then.
     pub async fn next_runnable_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
         dispatch!(self, s => s.next_runnable_at().await)
+    }
+}
+
+/// A read-only transaction whose reads all see one snapshot of the database (Postgres:
+/// `REPEATABLE READ READ ONLY`; SQLite in WAL mode: a deferred read transaction, whose snapshot
+/// is taken by its first `SELECT`), for reading a large request a page at a time while its
+/// images keep settling: the counters, the output URLs and the products all agree.
+///
+/// Use it only on a task of its own (`tokio::spawn`) that is never cancelled, and end it with
+/// [`ReadSnapshot::close`]: a future dropped in the middle of a query can hand the connection
+/// back to the pool with the transaction still open (sqlx 0.8; see `detached!`). Keep it short:
+/// while it is open it holds a pooled connection, and an old snapshot holds back Postgres's
+/// VACUUM and SQLite's WAL checkpoints.
+pub struct ReadSnapshot(SnapshotTx);
+
+enum SnapshotTx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl ReadSnapshot {
+    /// The request, if it exists and belongs to `owner`.
+    pub async fn request(&mut self, id: RequestId, owner: &str) -> StoreResult<Option<RequestRow>> {
+        match &mut self.0 {
+            SnapshotTx::Sqlite(tx) => SqliteStore::snapshot_request(tx, id, owner).await,
+            SnapshotTx::Postgres(tx) => PgStore::snapshot_request(tx, id, owner).await,
+        }
+    }
+
+    /// The request's webhook delivery, once it has one.
+    pub async fn webhook(&mut self, id: RequestId) -> StoreResult<Option<WebhookRow>> {
+        match &mut self.0 {
+            SnapshotTx::Sqlite(tx) => SqliteStore::snapshot_webhook(tx, id).await,
+            SnapshotTx::Postgres(tx) => PgStore::snapshot_webhook(tx, id).await,
+        }
+    }
+
+    /// Up to `limit` of the request's (ordinal, output URL), in CSV order, after ordinal
+    /// `after` (`-1`: from the first).
+    pub async fn output_urls(
+        &mut self,
+        id: RequestId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, Option<String>)>> {
+        match &mut self.0 {
+            SnapshotTx::Sqlite(tx) => SqliteStore::snapshot_output_urls(tx, id, after, limit).await,
+            SnapshotTx::Postgres(tx) => PgStore::snapshot_output_urls(tx, id, after, limit).await,
+        }
+    }
+
+    /// Up to `limit` of the request's products, in CSV order, after position `after` (`-1`:
+    /// from the first).
+    pub async fn products(
+        &mut self,
+        id: RequestId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<ProductRow>> {
+        match &mut self.0 {
+            SnapshotTx::Sqlite(tx) => SqliteStore::snapshot_products(tx, id, after, limit).await,
+            SnapshotTx::Postgres(tx) => PgStore::snapshot_products(tx, id, after, limit).await,
+        }
+    }
+
+    /// Up to `limit` of the request's images with their ordinals, in CSV order, after ordinal
+    /// `after` (`-1`: from the first).
+    pub async fn images(
+        &mut self,
+        id: RequestId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, ImageRow)>> {
+        match &mut self.0 {
+            SnapshotTx::Sqlite(tx) => SqliteStore::snapshot_images(tx, id, after, limit).await,
+            SnapshotTx::Postgres(tx) => PgStore::snapshot_images(tx, id, after, limit).await,
+        }
+    }
+
+    /// Ends the transaction (a rollback: it changed nothing) and hands the connection back.
+    pub async fn close(self) -> StoreResult<()> {
+        match self.0 {
+            SnapshotTx::Sqlite(tx) => tx.rollback().await?,
+            SnapshotTx::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
     }
 }
 

@@ -801,3 +801,164 @@ impl SqliteStore {
         })
     }
 }
+
+/// The status endpoint's reads: its first query, and the paged reads of a large request's
+/// body on a snapshot (see [`ReadSnapshot`]). Keyset pages on `UNIQUE (request_id, ordinal)`
+/// and `UNIQUE (request_id, position)`, so every page is one index range scan.
+impl SqliteStore {
+    pub async fn request_head(
+        &self,
+        id: RequestId,
+        owner: &str,
+    ) -> StoreResult<Option<RequestHead>> {
+        let row = sqlx::query(
+            "SELECT r.status, r.updated_at, r.total_images, d.updated_at AS d_updated, \
+             d.attempts, d.state \
+             FROM requests r LEFT JOIN webhook_deliveries d ON d.request_id = r.id \
+             WHERE r.id = ? AND r.owner = ?",
+        )
+        .bind(id.to_string())
+        .bind(owner)
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let webhook = match r.try_get::<Option<i64>, _>("d_updated")? {
+            Some(t) => Some((from_ms(t), r.try_get("attempts")?, r.try_get("state")?)),
+            None => None,
+        };
+        Ok(Some(RequestHead {
+            version: RequestVersion {
+                status: parse_status(r.try_get("status")?)?,
+                updated_at: from_ms(r.try_get("updated_at")?),
+                webhook,
+            },
+            total_images: r.try_get("total_images")?,
+        }))
+    }
+
+    /// A deferred read transaction on a reader connection: in WAL mode its first `SELECT`
+    /// takes a snapshot that lasts until the transaction ends.
+    pub(super) async fn begin_snapshot(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.read.begin().await?)
+    }
+
+    pub(super) async fn snapshot_request(
+        conn: &mut sqlx::SqliteConnection,
+        id: RequestId,
+        owner: &str,
+    ) -> StoreResult<Option<RequestRow>> {
+        Self::request_on(conn, id, owner).await
+    }
+
+    pub(super) async fn snapshot_webhook(
+        conn: &mut sqlx::SqliteConnection,
+        id: RequestId,
+    ) -> StoreResult<Option<WebhookRow>> {
+        sqlx::query(
+            "SELECT id, url, state, attempts, last_status_code, last_error, next_attempt_at, \
+             delivered_at FROM webhook_deliveries WHERE request_id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| -> StoreResult<WebhookRow> {
+            let state = DeliveryState::parse(r.try_get("state")?)?;
+            Ok(WebhookRow {
+                id: parse_uuid(r.try_get("id")?)?,
+                url: r.try_get("url")?,
+                state,
+                attempts: r.try_get("attempts")?,
+                last_status_code: r.try_get("last_status_code")?,
+                last_error: r.try_get("last_error")?,
+                next_attempt_at: (state == DeliveryState::Pending)
+                    .then(|| r.try_get("next_attempt_at").map(from_ms))
+                    .transpose()?,
+                delivered_at: r.try_get::<Option<i64>, _>("delivered_at")?.map(from_ms),
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn snapshot_output_urls(
+        conn: &mut sqlx::SqliteConnection,
+        id: RequestId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, Option<String>)>> {
+        sqlx::query(
+            "SELECT ordinal, output_url FROM images WHERE request_id = ? AND ordinal > ? \
+             ORDER BY ordinal LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("ordinal")?, r.try_get("output_url")?)))
+        .collect()
+    }
+
+    pub(super) async fn snapshot_products(
+        conn: &mut sqlx::SqliteConnection,
+        id: RequestId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<ProductRow>> {
+        sqlx::query(
+            "SELECT id, position, serial_number, product_name, status FROM products \
+             WHERE request_id = ? AND position > ? ORDER BY position LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(ProductRow {
+                id: r.try_get("id")?,
+                position: r.try_get("position")?,
+                serial_number: r.try_get("serial_number")?,
+                product_name: r.try_get("product_name")?,
+                status: parse_status(r.try_get("status")?)?,
+            })
+        })
+        .collect()
+    }
+
+    pub(super) async fn snapshot_images(
+        conn: &mut sqlx::SqliteConnection,
+        id: RequestId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, ImageRow)>> {
+        sqlx::query(
+            "SELECT ordinal, product_id, position, input_url, status, output_url, error, \
+             attempts, codec FROM images WHERE request_id = ? AND ordinal > ? \
+             ORDER BY ordinal LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get("ordinal")?,
+                ImageRow {
+                    product_id: r.try_get("product_id")?,
+                    position: r.try_get("position")?,
+                    input_url: r.try_get("input_url")?,
+                    status: parse_status(r.try_get("status")?)?,
+                    output_url: r.try_get("output_url")?,
+                    error: r.try_get("error")?,
+                    attempts: r.try_get("attempts")?,
+                    codec: r.try_get("codec")?,
+                },
+            ))
+        })
+        .collect()
+    }
+}

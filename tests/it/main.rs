@@ -8,5 +8,6 @@ mod crash;
 mod pipeline;
 mod scale;
 mod security;
+mod status;
 mod upload;
 mod webhooks;

@@ -129,6 +129,20 @@ impl TestDb {
         }
     }
 
+    /// Runs a statement that returns nothing, on whichever database this is. Used to put
+    /// stored rows in states a test needs without running the workers.
+    pub async fn execute(&self, sql: &str) {
+        if self.is_postgres() {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        } else {
+            let pool = sqlx::SqlitePool::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+
     pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("images")
     }
