@@ -331,72 +331,14 @@ impl PgStore {
         let Some(request) = Self::request_on(&mut tx, id, owner).await? else {
             return Ok(None);
         };
-        let products = sqlx::query(
-            "SELECT id, position, serial_number, product_name, status FROM products \
-             WHERE request_id = $1 ORDER BY position",
-        )
-        .bind(id.0)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(ProductRow {
-                id: r.try_get("id")?,
-                position: r.try_get::<i32, _>("position")?.into(),
-                serial_number: r.try_get("serial_number")?,
-                product_name: r.try_get("product_name")?,
-                status: parse_status(r.try_get("status")?)?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let images = sqlx::query(
-            "SELECT product_id, position, input_url, status, output_url, error, attempts, \
-             codec FROM images WHERE request_id = $1 ORDER BY ordinal",
-        )
-        .bind(id.0)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(ImageRow {
-                product_id: r.try_get("product_id")?,
-                position: r.try_get::<i32, _>("position")?.into(),
-                input_url: r.try_get("input_url")?,
-                status: parse_status(r.try_get("status")?)?,
-                output_url: r.try_get("output_url")?,
-                error: r.try_get("error")?,
-                attempts: r.try_get::<i32, _>("attempts")?.into(),
-                codec: r.try_get("codec")?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let webhook = sqlx::query(
-            "SELECT id, url, state, attempts, last_status_code, last_error, next_attempt_at, \
-             delivered_at FROM webhook_deliveries WHERE request_id = $1",
-        )
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| -> StoreResult<WebhookRow> {
-            let state = DeliveryState::parse(r.try_get("state")?)?;
-            Ok(WebhookRow {
-                id: r.try_get("id")?,
-                url: r.try_get("url")?,
-                state,
-                attempts: r.try_get::<i32, _>("attempts")?.into(),
-                last_status_code: r
-                    .try_get::<Option<i32>, _>("last_status_code")?
-                    .map(i64::from),
-                last_error: r.try_get("last_error")?,
-                next_attempt_at: if state == DeliveryState::Pending {
-                    Some(r.try_get("next_attempt_at")?)
-                } else {
-                    None
-                },
-                delivered_at: r.try_get("delivered_at")?,
-            })
-        })
-        .transpose()?;
+        // The same reads as a streamed body's, each in one page.
+        let products = Self::snapshot_products(&mut tx, id, -1, i64::MAX).await?;
+        let images = Self::snapshot_images(&mut tx, id, -1, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|(_, image)| image)
+            .collect();
+        let webhook = Self::snapshot_webhook(&mut tx, id).await?;
         tx.commit().await?;
         Ok(Some(RequestDetail {
             request,

@@ -233,69 +233,14 @@ impl SqliteStore {
         let Some(request) = Self::request_on(&mut tx, id, owner).await? else {
             return Ok(None);
         };
-        let key = id.to_string();
-        let products = sqlx::query(
-            "SELECT id, position, serial_number, product_name, status FROM products \
-             WHERE request_id = ? ORDER BY position",
-        )
-        .bind(&key)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(ProductRow {
-                id: r.try_get("id")?,
-                position: r.try_get("position")?,
-                serial_number: r.try_get("serial_number")?,
-                product_name: r.try_get("product_name")?,
-                status: parse_status(r.try_get("status")?)?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let images = sqlx::query(
-            "SELECT product_id, position, input_url, status, output_url, error, attempts, \
-             codec FROM images WHERE request_id = ? ORDER BY ordinal",
-        )
-        .bind(&key)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(ImageRow {
-                product_id: r.try_get("product_id")?,
-                position: r.try_get("position")?,
-                input_url: r.try_get("input_url")?,
-                status: parse_status(r.try_get("status")?)?,
-                output_url: r.try_get("output_url")?,
-                error: r.try_get("error")?,
-                attempts: r.try_get("attempts")?,
-                codec: r.try_get("codec")?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let webhook = sqlx::query(
-            "SELECT id, url, state, attempts, last_status_code, last_error, next_attempt_at, \
-             delivered_at FROM webhook_deliveries WHERE request_id = ?",
-        )
-        .bind(&key)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| -> StoreResult<WebhookRow> {
-            let state = DeliveryState::parse(r.try_get("state")?)?;
-            Ok(WebhookRow {
-                id: parse_uuid(r.try_get("id")?)?,
-                url: r.try_get("url")?,
-                state,
-                attempts: r.try_get("attempts")?,
-                last_status_code: r.try_get("last_status_code")?,
-                last_error: r.try_get("last_error")?,
-                next_attempt_at: (state == DeliveryState::Pending)
-                    .then(|| r.try_get("next_attempt_at").map(from_ms))
-                    .transpose()?,
-                delivered_at: r.try_get::<Option<i64>, _>("delivered_at")?.map(from_ms),
-            })
-        })
-        .transpose()?;
+        // The same reads as a streamed body's, each in one page.
+        let products = Self::snapshot_products(&mut tx, id, -1, i64::MAX).await?;
+        let images = Self::snapshot_images(&mut tx, id, -1, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|(_, image)| image)
+            .collect();
+        let webhook = Self::snapshot_webhook(&mut tx, id).await?;
         tx.commit().await?;
         Ok(Some(RequestDetail {
             request,
