@@ -13,13 +13,12 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use super::*;
 use crate::domain::RequestId;
 
-/// SQLite allows 32766 bound parameters a statement; stay well below.
-const INSERT_CHUNK: usize = 2000;
-
 #[derive(Clone)]
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    /// Checkpoints the WAL after an upload, off the upload's path.
+    checkpoint: SqlitePool,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -61,12 +60,21 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts.clone())
             .await?;
+        let checkpoint = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await?;
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Self { write, read })
+        Ok(Self {
+            write,
+            read,
+            checkpoint,
+        })
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
@@ -121,79 +129,77 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
 
-        // Product ids by position, to point images at them.
-        let mut product_ids = vec![0i64; new.products.len()];
-        for (chunk_no, chunk) in new.products.chunks(INSERT_CHUNK / 8).enumerate() {
-            let base = chunk_no * (INSERT_CHUNK / 8);
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO products (request_id, position, serial_number, product_name, \
-                 input_image_urls, total_images, created_at, updated_at) ",
-            );
-            qb.push_values(chunk.iter().enumerate(), |mut b, (i, p)| {
-                let urls: Vec<&str> = p.input_urls.iter().map(|u| u.as_str()).collect();
-                b.push_bind(&id)
-                    .push_bind((base + i) as i64)
-                    .push_bind(p.serial_number.0)
-                    .push_bind(&p.product_name.0)
-                    .push_bind(serde_json::to_string(&urls).unwrap_or_default())
-                    .push_bind(p.input_urls.len() as i64)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            qb.push(" RETURNING id, position");
-            for row in qb.build().fetch_all(&mut *tx).await? {
-                let pos: i64 = row.try_get("position")?;
-                product_ids[pos as usize] = row.try_get("id")?;
+        // One statement a table, its rows in one JSON array bound once: binding eight values a
+        // row and returning each row's id cost as much as SQLite's own work for a large upload.
+        // The ids are given rather than returned: this transaction holds the write lock (taken
+        // by the INSERT above), so nothing else can take them, and images need their product's.
+        let (product_base, image_base): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(id), 0) + 1 FROM products), \
+                    (SELECT COALESCE(MAX(id), 0) + 1 FROM images)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO products (id, request_id, position, serial_number, product_name, \
+             input_image_urls, total_images, created_at, updated_at) \
+             SELECT ?1 + key, ?2, key, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?3, ?3 \
+             FROM json_each(?4)",
+        )
+        .bind(product_base)
+        .bind(&id)
+        .bind(now)
+        .bind(products_json(&new.products))
+        .execute(&mut *tx)
+        .await?;
+        // A duplicate's original has a lower ordinal, so its id is known the same way.
+        sqlx::query(
+            "INSERT INTO images (id, request_id, product_id, ordinal, position, input_url, \
+             duplicate_of, next_attempt_at, created_at, updated_at) \
+             SELECT ?1 + key, ?2, ?3 + (value ->> 0), key, value ->> 1, value ->> 2, \
+             ?1 + (value ->> 3), ?4, ?4, ?4 FROM json_each(?5)",
+        )
+        .bind(image_base)
+        .bind(&id)
+        .bind(product_base)
+        .bind(now)
+        .bind(images_json(&images))
+        .execute(&mut *tx)
+        .await?;
+        // An upload writes thousands of pages to the WAL, so its commit passes the
+        // auto-checkpoint threshold, and the checkpoint would run inside the commit, on the
+        // client's time: copying every page into the database file and syncing it (tens of
+        // milliseconds for a large upload). The commit is durable without it, so it runs on
+        // its own connection just after, while the client already has its answer.
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&mut *tx)
+            .await?;
+        let committed = tx.commit().await;
+        // Not a reason to fail an upload that may have committed: the checkpoint spawned
+        // below, and the next upload's restore, keep the WAL from growing meanwhile.
+        if let Err(e) = self.restore_autocheckpoint().await {
+            tracing::warn!(error = %e, "could not restore the WAL auto-checkpoint");
+        }
+        committed?;
+        let checkpoint = self.checkpoint.clone();
+        tokio::spawn(async move {
+            // PASSIVE: waits for no one; what readers still need is copied by a later one.
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&checkpoint)
+                .await
+            {
+                tracing::warn!(error = %e, "WAL checkpoint after an upload failed");
             }
-        }
-
-        // Originals first, so duplicates can name their id.
-        let mut image_ids = vec![0i64; images.len()];
-        let (originals, duplicates): (Vec<&NewImage>, Vec<&NewImage>) = images
-            .iter()
-            .partition(|i| i.duplicate_of_ordinal.is_none());
-        for chunk in originals.chunks(INSERT_CHUNK / 8) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO images (request_id, product_id, ordinal, position, input_url, \
-                 next_attempt_at, created_at, updated_at) ",
-            );
-            qb.push_values(chunk, |mut b, img| {
-                b.push_bind(&id)
-                    .push_bind(product_ids[img.product_position as usize])
-                    .push_bind(img.ordinal)
-                    .push_bind(img.position)
-                    .push_bind(img.url)
-                    .push_bind(now)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            qb.push(" RETURNING id, ordinal");
-            for row in qb.build().fetch_all(&mut *tx).await? {
-                let ordinal: i64 = row.try_get("ordinal")?;
-                image_ids[ordinal as usize] = row.try_get("id")?;
-            }
-        }
-        for chunk in duplicates.chunks(INSERT_CHUNK / 9) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO images (request_id, product_id, ordinal, position, input_url, \
-                 duplicate_of, next_attempt_at, created_at, updated_at) ",
-            );
-            qb.push_values(chunk, |mut b, img| {
-                let first = img.duplicate_of_ordinal.unwrap_or_default() as usize;
-                b.push_bind(&id)
-                    .push_bind(product_ids[img.product_position as usize])
-                    .push_bind(img.ordinal)
-                    .push_bind(img.position)
-                    .push_bind(img.url)
-                    .push_bind(image_ids[first])
-                    .push_bind(now)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        });
         Ok(CreateOutcome::Created(new.id))
+    }
+
+    /// Gives the writer back its automatic checkpoints (SQLite's default threshold), which
+    /// small writes rely on. The pool's one connection is the one the upload committed on.
+    async fn restore_autocheckpoint(&self) -> StoreResult<()> {
+        sqlx::query("PRAGMA wal_autocheckpoint = 1000")
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     async fn request_on(
@@ -905,5 +911,119 @@ impl SqliteStore {
             ))
         })
         .collect()
+    }
+}
+
+/// `[[serial, name, input URLs as a JSON array, number of URLs], ...]`, in CSV order.
+fn products_json(products: &[ParsedProduct]) -> String {
+    let rows: Vec<_> = products
+        .iter()
+        .map(|p| {
+            let urls: Vec<&str> = p.input_urls.iter().map(|u| u.as_str()).collect();
+            (
+                p.serial_number.0,
+                &p.product_name.0,
+                serde_json::to_string(&urls).unwrap_or_default(),
+                p.input_urls.len(),
+            )
+        })
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_default()
+}
+
+/// `[[product position, position, URL, ordinal of the original or null], ...]`, by ordinal.
+fn images_json(images: &[NewImage<'_>]) -> String {
+    let rows: Vec<_> = images
+        .iter()
+        .map(|i| {
+            (
+                i.product_position,
+                i.position,
+                i.url,
+                i.duplicate_of_ordinal,
+            )
+        })
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ImageUrl, ProductName, SerialNumber};
+
+    /// An image's request, product position, position and URL; its original's URL and request.
+    type LinkedImage = (String, i64, i64, String, Option<String>, Option<String>);
+
+    fn upload(urls: &[&[&str]]) -> NewRequest {
+        NewRequest {
+            id: RequestId::new(),
+            owner: String::new(),
+            idempotency_key: None,
+            upload_digest: String::new(),
+            webhook_url: None,
+            products: urls
+                .iter()
+                .enumerate()
+                .map(|(i, urls)| ParsedProduct {
+                    line: i as u64 + 2,
+                    serial_number: SerialNumber(i as i64 + 1),
+                    product_name: ProductName(format!("P\"{i}")),
+                    input_urls: urls.iter().map(|u| ImageUrl(u.to_string())).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn uploads_link_their_rows_and_leave_checkpoints_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        for _ in 0..2 {
+            let new = upload(&[&["http://a/1", "http://a/2"], &["http://a/3", "http://a/1"]]);
+            store.create_request(&new, Utc::now()).await.unwrap();
+        }
+
+        let autocheckpoint: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&store.write)
+            .await
+            .unwrap();
+        assert_eq!(autocheckpoint, 1000);
+
+        let rows: Vec<LinkedImage> = sqlx::query_as(
+            "SELECT i.request_id, p.position, i.position, i.input_url, o.input_url, \
+                 o.request_id FROM images i JOIN products p ON p.id = i.product_id \
+                 AND p.request_id = i.request_id \
+                 LEFT JOIN images o ON o.id = i.duplicate_of ORDER BY i.id",
+        )
+        .fetch_all(&store.read)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 8);
+        for (n, (request, product, position, url, original, original_request)) in
+            rows.iter().enumerate()
+        {
+            assert_eq!((*product, *position), ((n % 4 / 2) as i64, (n % 2) as i64));
+            assert_eq!(
+                url,
+                ["http://a/1", "http://a/2", "http://a/3", "http://a/1"][n % 4]
+            );
+            if n % 4 == 3 {
+                assert_eq!(original.as_deref(), Some("http://a/1"));
+                assert_eq!(original_request.as_ref(), Some(request));
+            } else {
+                assert_eq!(original, &None);
+            }
+        }
+        let (name, urls): (String, String) = sqlx::query_as(
+            "SELECT product_name, input_image_urls FROM products ORDER BY id LIMIT 1",
+        )
+        .fetch_one(&store.read)
+        .await
+        .unwrap();
+        assert_eq!(name, "P\"0");
+        assert_eq!(urls, r#"["http://a/1","http://a/2"]"#);
     }
 }
