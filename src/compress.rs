@@ -98,9 +98,10 @@ impl Codec {
 }
 
 /// The policy, in one place: may this JPEG take the DCT-domain fast path? Only when the result
-/// is what the pixel path would make: 8-bit, plain YCbCr 4:2:0 (or grayscale), no rotation to
-/// apply, nothing the coefficient reader refuses. 4:4:4 and 4:2:2 go through pixels so the
-/// output reaches 4:2:0 (a third smaller); rotated, CMYK/YCCK and odd files go through pixels.
+/// is what the pixel path would make: 8-bit YCbCr coming out 4:2:0 (or grayscale), no rotation
+/// to apply, nothing the coefficient reader refuses. 4:4:4, 4:2:2 and 4:4:0 inputs have their
+/// chroma halved in the DCT domain on the way (`jpeg::requantize`); rotated, CMYK/YCCK, other
+/// samplings and odd files go through pixels.
 pub fn takes_fast_path(info: &crate::jpeg::Info) -> bool {
     if info.unsupported.is_some() || info.precision != 8 || info.exif_orientation.unwrap_or(1) != 1
     {
@@ -111,7 +112,7 @@ pub fn takes_fast_path(info: &crate::jpeg::Info) -> bool {
         [y, cb, cr] => {
             // Adobe transform 0 means RGB stored as is, not YCbCr.
             info.adobe_transform != Some(0)
-                && (y.h, y.v) == (2, 2)
+                && matches!((y.h, y.v), (2, 2) | (2, 1) | (1, 2) | (1, 1))
                 && (cb.h, cb.v) == (1, 1)
                 && (cr.h, cr.v) == (1, 1)
         }
@@ -123,8 +124,9 @@ pub fn takes_fast_path(info: &crate::jpeg::Info) -> bool {
 /// budget a job reserves before it takes a core (see `crate::memory`). Reads headers only.
 ///
 /// Calibrated on 12 MP photos (release build, peak RSS less the body): fast path ~36 MB (the
-/// 4:2:0 coefficients), PNG RGB ~36 MB (the pixels), progressive 4:2:2 JPEG ~92 MB (zune-jpeg
-/// keeps every coefficient and then the pixels). Pixels and the output's coefficients are
+/// 4:2:0 coefficients), ~55 MB for the progressive 4:2:2 one (its coefficients, 48 MB, and the
+/// halved chroma; through pixels it took ~92 MB: zune-jpeg keeps every coefficient and then
+/// the pixels), PNG RGB ~36 MB (the pixels). Pixels and the output's coefficients are
 /// never held together (see `encode_pure_rust`), so the pixel path costs the larger of the two.
 /// A header that cannot be read costs nothing: compressing it fails at that same header.
 pub fn working_memory(bytes: &[u8]) -> u64 {
@@ -136,8 +138,14 @@ pub fn working_memory(bytes: &[u8]) -> u64 {
             let pixels = u64::from(info.width) * u64::from(info.height);
             let coefficients = jpeg_coefficient_bytes(&info);
             if takes_fast_path(&info) {
-                // The coefficients, then the output written from them.
-                return coefficients + coefficients / 8;
+                // The coefficients, then the output written from them. Chroma halved to 4:2:0
+                // on the way goes to a new buffer (a quarter of the pixels at 2 bytes each)
+                // while the input's chroma is still held.
+                let halved = match info.components.as_slice() {
+                    [y, _, _] if (y.h, y.v) != (2, 2) => pixels / 2,
+                    _ => 0,
+                };
+                return coefficients + (coefficients / 8).max(halved);
             }
             let channels = if info.components.len() == 1 { 1 } else { 3 };
             // zune-jpeg buffers all coefficients of a progressive file; sequential ones go by
@@ -1020,6 +1028,18 @@ mod tests {
         assert!(takes_fast_path(&crate::jpeg::info(&jpeg).unwrap()));
         let coefficients = (400 * 304 + 2 * 200 * 152) * 2;
         assert_eq!(working_memory(&jpeg), coefficients + coefficients / 8);
+        // 4:4:4 (jpeg-encoder's default from q90), fast path too: three full planes, and
+        // chroma halved into new buffers while they are held.
+        let jpeg444 = jpeg_fixture(&photo, 95);
+        let info = crate::jpeg::info(&jpeg444).unwrap();
+        assert_eq!((info.components[0].h, info.components[0].v), (1, 1));
+        assert!(takes_fast_path(&info));
+        let coefficients = 3 * 400 * 304 * 2;
+        let halved = 400 * 300 / 2;
+        assert_eq!(
+            working_memory(&jpeg444),
+            coefficients + (coefficients / 8).max(halved)
+        );
         // 8-bit RGB PNG: the decoded pixels, which equal the output's 4:2:0 coefficients.
         let png = encode_as(photo.clone(), ImageFormat::Png);
         assert_eq!(working_memory(&png), 400 * 300 * 3);
@@ -1543,7 +1563,11 @@ mod tests {
     fn non_interleaved_jpeg_input_is_rejected() {
         // zune-jpeg 0.5.15 would "decode" this to noise; see check_jpeg_structure. If this test
         // fails because the image now decodes faithfully, the decoder was fixed: drop the check.
+        // Unrotated it is 4:4:4 and takes the fast path, whose reader decodes it correctly;
+        // rotated it goes through pixels.
         let jpeg = non_interleaved_jpeg(photo_like(64, 64).into());
+        assert_eq!(compress(&jpeg, &OPTS).unwrap().codec, Codec::Requantized);
+        let jpeg = with_exif_orientation(jpeg, 6);
         match compress(&jpeg, &OPTS) {
             Err(CompressError::Decode { format, reason }) => {
                 assert_eq!(format, "jpeg");

@@ -106,9 +106,64 @@ fn category(v: i32) -> (u32, u32) {
     (size, bits & ((1u32 << size) - 1))
 }
 
+/// Bit k set = `block[k]` nonzero. Scanning a block coefficient by coefficient was a third of
+/// the writer's time; SSE2 compares eight at a time.
+#[inline]
+pub(crate) fn nonzero_mask(block: &[i16; 64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        nonzero_mask_sse2(block)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        nonzero_mask_portable(block)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn nonzero_mask_sse2(block: &[i16; 64]) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi16, _mm_loadu_si128, _mm_movemask_epi8, _mm_packs_epi16,
+        _mm_setzero_si128,
+    };
+    let p = block.as_ptr().cast::<__m128i>();
+    let mut zeros = 0u64;
+    for i in 0..4 {
+        // SAFETY: SSE2 is part of the x86_64 baseline. The two unaligned 16-byte loads read
+        // coefficients 16i..16i+16, inside the 64-coefficient array.
+        let bytes = unsafe {
+            let a = _mm_loadu_si128(p.add(2 * i));
+            let b = _mm_loadu_si128(p.add(2 * i + 1));
+            let z = _mm_setzero_si128();
+            // Saturating pack keeps 0 and -1 as they are: one byte per coefficient.
+            _mm_movemask_epi8(_mm_packs_epi16(
+                _mm_cmpeq_epi16(a, z),
+                _mm_cmpeq_epi16(b, z),
+            ))
+        };
+        zeros |= u64::from(bytes as u16) << (16 * i);
+    }
+    !zeros
+}
+
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
+pub(crate) fn nonzero_mask_portable(block: &[i16; 64]) -> u64 {
+    block
+        .iter()
+        .enumerate()
+        .fold(0, |m, (k, &c)| m | (u64::from(c != 0) << k))
+}
+
+/// The 64 coefficients of the block starting at `off`.
+#[inline]
+fn block_at(coeffs: &[i16], off: usize) -> &[i16; 64] {
+    coeffs[off..off + 64].try_into().expect("64 coefficients")
+}
+
 /// Emits the symbols of one block. Returns false if a value is outside baseline range.
 #[inline]
-fn block_symbols<S: Sink>(sink: &mut S, t: usize, block: &[i16], pred: &mut i32) -> bool {
+fn block_symbols<S: Sink>(sink: &mut S, t: usize, block: &[i16; 64], pred: &mut i32) -> bool {
     let dc = i32::from(block[0]);
     let (size, bits) = category(dc - *pred);
     *pred = dc;
@@ -116,11 +171,8 @@ fn block_symbols<S: Sink>(sink: &mut S, t: usize, block: &[i16], pred: &mut i32)
         return false;
     }
     sink.dc(t, size, bits);
-    // Bit k set = coefficient k nonzero; walking set bits skips the zero runs directly.
-    let mut mask = 0u64;
-    for (k, &c) in block.iter().enumerate().skip(1) {
-        mask |= u64::from(c != 0) << k;
-    }
+    // Walking the set bits skips the zero runs directly.
+    let mut mask = nonzero_mask(block) & !1;
     let mut last = 0u32; // index of the previous nonzero coefficient
     while mask != 0 {
         let k = mask.trailing_zeros();
@@ -153,7 +205,7 @@ fn walk<S: Sink>(img: &Image, sink: &mut S) -> Result<(), JpegError> {
         for by in 0..c.h_blocks {
             for bx in 0..c.w_blocks {
                 let off = (by * c.bw + bx) * 64;
-                ok &= block_symbols(sink, 0, &c.coeffs[off..off + 64], &mut pred[0]);
+                ok &= block_symbols(sink, 0, block_at(&c.coeffs, off), &mut pred[0]);
             }
         }
         ok
@@ -168,7 +220,7 @@ fn walk<S: Sink>(img: &Image, sink: &mut S) -> Result<(), JpegError> {
                         let row = (my * v + oy) * c.bw;
                         for ox in 0..h {
                             let off = (row + mx * h + ox) * 64;
-                            ok &= block_symbols(sink, t, &c.coeffs[off..off + 64], &mut pred[ci]);
+                            ok &= block_symbols(sink, t, block_at(&c.coeffs, off), &mut pred[ci]);
                         }
                     }
                 }
@@ -285,4 +337,33 @@ pub(crate) fn write_baseline(img: &Image) -> Result<Vec<u8>, JpegError> {
 fn estimate_size(img: &Image) -> usize {
     let coeffs: usize = img.comps.iter().map(|c| c.coeffs.len()).sum();
     1024 + coeffs / 8
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::{nonzero_mask, nonzero_mask_portable};
+
+    #[test]
+    fn simd_mask_matches_portable() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2000 {
+            let mut block = [0i16; 64];
+            for c in block.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Mostly zeros, some extremes: the pack step must not saturate a nonzero to 0.
+                *c = match x % 8 {
+                    0 => i16::MIN,
+                    1 => i16::MAX,
+                    2 => (x >> 32) as i16,
+                    3 => 1,
+                    _ => 0,
+                };
+            }
+            assert_eq!(nonzero_mask(&block), nonzero_mask_portable(&block));
+        }
+        assert_eq!(nonzero_mask(&[0; 64]), 0);
+        assert_eq!(nonzero_mask(&[-1; 64]), u64::MAX);
+    }
 }

@@ -27,6 +27,7 @@ mod decode;
 mod encode;
 mod huffman;
 mod parse;
+mod resample;
 
 #[cfg(test)]
 mod tests;
@@ -107,12 +108,14 @@ pub fn optimize_huffman(jpeg: &[u8]) -> Result<Vec<u8>, JpegError> {
 ///
 /// Target tables are the IJG (Annex K) tables scaled for `quality` as libjpeg scales them;
 /// where the input's step is already at least the target's, the input step and coefficient
-/// are kept, so an input at or below the target quality comes out pixel-identical.
+/// are kept, so an input at or below the target quality comes out pixel-identical. 4:4:4, 4:2:2
+/// and 4:4:0 YCbCr inputs come out 4:2:0, their chroma halved in the DCT domain (`resample`).
 pub fn requantize(jpeg: &[u8], quality: u8) -> Result<Requantized, JpegError> {
     if !(1..=100).contains(&quality) {
         return err(format!("quality {quality} is outside 1-100"));
     }
     let mut img = parse::read_coefficients(jpeg)?;
+    resample::chroma_to_420(&mut img, quality);
     requantize_image(&mut img, quality);
     let bytes = encode::write_baseline(&img)?;
     Ok(Requantized {
@@ -140,19 +143,24 @@ fn requantize_image(img: &mut parse::Image, quality: u8) {
         if !changed {
             continue;
         }
-        // Per position: a divider, or None where the coefficient is kept.
-        let mut div: [Option<Rescaler>; 64] = [None; 64];
+        // Positions whose step changes; the others keep their coefficient.
+        let mut rescaled = 0u64;
+        let mut div = [Rescaler::new(1, 1); 64];
         for k in 0..64 {
             if qout[k] != qin[k] {
-                div[k] = Some(Rescaler::new(u32::from(qin[k]), u32::from(qout[k])));
+                rescaled |= 1u64 << k;
+                div[k] = Rescaler::new(u32::from(qin[k]), u32::from(qout[k]));
             }
         }
         for block in comp.coeffs.chunks_exact_mut(64) {
-            for (c, d) in block.iter_mut().zip(div.iter()) {
-                // Most coefficients are zero; skip them before the arithmetic.
-                if let (true, Some(d)) = (*c != 0, d) {
-                    *c = d.apply(*c);
-                }
+            let block: &mut [i16; 64] = block.try_into().expect("64 coefficients");
+            // Most coefficients are zero (and stay zero): visit only the nonzero ones, without
+            // a data-dependent branch per coefficient.
+            let mut m = encode::nonzero_mask(block) & rescaled;
+            while m != 0 {
+                let k = m.trailing_zeros() as usize;
+                m &= m - 1;
+                block[k] = div[k].apply(block[k]);
             }
         }
         comp.qt = qout;

@@ -302,8 +302,13 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
 
 #[test]
 fn requantize_at_or_below_target_is_pixel_identical() {
-    for sampling in [SamplingFactor::F_2_2, SamplingFactor::F_1_1] {
-        for grayscale in [false, true] {
+    // 4:4:4 colour is not here: its chroma is halved to 4:2:0 (`resample`).
+    for (sampling, grayscale) in [
+        (SamplingFactor::F_2_2, false),
+        (SamplingFactor::F_2_2, true),
+        (SamplingFactor::F_1_1, true),
+    ] {
+        {
             let o = Enc {
                 progressive: false,
                 q: 30,
@@ -539,19 +544,31 @@ fn outputs_decode_cleanly_in_libjpeg() {
         .into_iter()
         .map(|(label, w, h, o)| (label, encode_case(w, h, o)))
         .collect();
-    // requantize also takes what the service sends down the pixel path; it must be valid too.
+    // 4:4:4, 4:2:2 and 4:4:0, whose chroma requantize halves, at odd sizes (partner blocks
+    // missing at the right and bottom, luma grids padded to whole MCUs); and 4:1:1, which the
+    // service sends down the pixel path, but requantize must still write validly.
     for &(sampling, sname) in &SAMPLINGS[1..] {
-        for &(w, h) in &[(17u16, 9u16), (77, 45)] {
+        let (sizes, qualities): (&[(u16, u16)], &[u8]) = if sname == "411" {
+            (&[(17, 9), (77, 45)], &[85])
+        } else {
+            (
+                &[(1, 1), (7, 5), (17, 9), (77, 45), (257, 131)],
+                &[30, 50, 85, 97],
+            )
+        };
+        for &(w, h) in sizes {
             for (progressive, restart) in [(false, None), (false, Some(1)), (true, None)] {
-                let o = Enc {
-                    progressive,
-                    q: 85,
-                    sampling,
-                    restart,
-                    grayscale: false,
-                };
-                let label = format!("{w}x{h} {sname} prog={progressive} rst={restart:?} q85");
-                inputs.push((label, encode_case(w, h, o)));
+                for &q in qualities {
+                    let o = Enc {
+                        progressive,
+                        q,
+                        sampling,
+                        restart,
+                        grayscale: false,
+                    };
+                    let label = format!("{w}x{h} {sname} q{q} prog={progressive} rst={restart:?}");
+                    inputs.push((label, encode_case(w, h, o)));
+                }
             }
         }
     }
@@ -808,4 +825,80 @@ fn truncated_and_corrupt_progressive_fail_cleanly() {
             optimize_huffman(&out).unwrap();
         }
     }
+}
+
+/// 4:4:4, 4:2:2 and 4:4:0 inputs: requantize halves their chroma in the DCT domain
+/// (`resample`), and must then do as well as decoding and encoding the pixels at 4:2:0, with
+/// the bounds of `requantize_matches_pixel_reencode`.
+#[test]
+fn downsampled_chroma_matches_pixel_reencode() {
+    const MAX_BYTES_RATIO: f64 = 1.03;
+    const MAX_PSNR_LOSS: f64 = 0.1;
+    let sizes = [
+        (1u16, 1u16),
+        (7, 5),
+        (17, 9),
+        (257, 131),
+        (333, 211),
+        (512, 384),
+    ];
+    let mut failures = Vec::new();
+    let (mut worst_ratio, mut worst_loss) = ((0f64, String::new()), (f64::MIN, String::new()));
+    let mut n = 0;
+    for &(w, h) in &sizes {
+        for &(sampling, sname) in &SAMPLINGS[1..4] {
+            for progressive in [false, true] {
+                for q in [30u8, 50, 65, 75, 85, 90, 97] {
+                    let o = Enc {
+                        progressive,
+                        q,
+                        sampling,
+                        restart: None,
+                        grayscale: false,
+                    };
+                    let label = format!("{w}x{h} {sname} prog={progressive} q{q}");
+                    let input = encode_case(w, h, o);
+                    let (_, _, src_px) = decode(&input);
+                    let r = requantize(&input, 50).unwrap_or_else(|e| panic!("{label}: {e}"));
+                    let i = info(&r.jpeg).unwrap();
+                    let sampling: Vec<_> = i.components.iter().map(|c| (c.h, c.v)).collect();
+                    assert_eq!(sampling, [(2, 2), (1, 1), (1, 1)], "{label}");
+                    let (_, _, fast_px) = decode(&r.jpeg);
+                    let pix = pixel_path(&src_px, w, h, 50, false);
+                    let (_, _, pix_px) = decode(&pix);
+                    let (pf, pp) = (psnr(&src_px, &fast_px), psnr(&src_px, &pix_px));
+                    let ratio = r.jpeg.len() as f64 / pix.len() as f64;
+                    let loss = pp - pf;
+                    eprintln!(
+                        "{label}: fast {} B {pf:.2} dB, pixel {} B {pp:.2} dB, \
+                         bytes ratio {ratio:.3}, psnr diff {:+.2} dB",
+                        r.jpeg.len(),
+                        pix.len(),
+                        -loss
+                    );
+                    // A 1x1 image is 3 samples: one level of rounding in one of them moves
+                    // PSNR by 3-6 dB either way (measured -3.0 to +6.0 dB), so only its size
+                    // and structure count.
+                    let loss = if (w, h) == (1, 1) { 0.0 } else { loss };
+                    n += 1;
+                    if ratio > worst_ratio.0 {
+                        worst_ratio = (ratio, label.clone());
+                    }
+                    if loss > worst_loss.0 {
+                        worst_loss = (loss, label.clone());
+                    }
+                    if ratio > MAX_BYTES_RATIO || loss > MAX_PSNR_LOSS {
+                        failures.push(format!(
+                            "{label}: bytes ratio {ratio:.3}, psnr {pf:.2} vs {pp:.2} dB"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{n} cases: worst bytes ratio {:.3} ({}), worst psnr loss {:.2} dB ({})",
+        worst_ratio.0, worst_ratio.1, worst_loss.0, worst_loss.1
+    );
+    assert!(failures.is_empty(), "over the bounds: {failures:#?}");
 }
