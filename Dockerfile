@@ -1,10 +1,15 @@
 # Multi-stage build: compile in the Rust image, run from a slim Debian with only the binary.
+# The image is built with the accelerated codec (`turbo`: libjpeg-turbo's SIMD encoder for the
+# pixel path, docs/performance.md), which needs nasm at build time; build.rs fails the build
+# without it rather than fall back to libjpeg's slow C code.
 FROM rust:1.85-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends nasm \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
-RUN cargo build --release --locked && strip target/release/imgbatch
+RUN cargo build --release --locked --features turbo && strip target/release/imgbatch
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
