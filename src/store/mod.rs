@@ -396,17 +396,8 @@ impl Store {
         detached!(self, s => s.request_detail(id, &owner).await)
     }
 
-    /// The version of a request (see [`RequestVersion`]), if it exists and belongs to `owner`.
-    pub async fn request_version(
-        &self,
-        id: RequestId,
-        owner: &str,
-    ) -> StoreResult<Option<RequestVersion>> {
-        dispatch!(self, s => s.request_version(id, owner).await)
-    }
-
     /// The version of a request and its number of images (see [`RequestHead`]), if it exists
-    /// and belongs to `owner`. The same one query as [`Store::request_version`].
+    /// and belongs to `owner`, in one query.
     pub async fn request_head(
         &self,
         id: RequestId,

@@ -645,36 +645,6 @@ impl PgStore {
         Ok((pending, processing))
     }
 
-    pub async fn request_version(
-        &self,
-        id: RequestId,
-        owner: &str,
-    ) -> StoreResult<Option<RequestVersion>> {
-        let row = sqlx::query(
-            "SELECT r.status, r.updated_at, d.updated_at AS d_updated, d.attempts, d.state \
-             FROM requests r LEFT JOIN webhook_deliveries d ON d.request_id = r.id \
-             WHERE r.id = $1 AND r.owner = $2",
-        )
-        .bind(id.0)
-        .bind(owner)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        let webhook = match r.try_get::<Option<DateTime<Utc>>, _>("d_updated")? {
-            Some(t) => Some((
-                t,
-                r.try_get::<i32, _>("attempts")?.into(),
-                r.try_get("state")?,
-            )),
-            None => None,
-        };
-        Ok(Some(RequestVersion {
-            status: parse_status(r.try_get("status")?)?,
-            updated_at: r.try_get("updated_at")?,
-            webhook,
-        }))
-    }
-
     pub async fn count_requests(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM requests")
             .fetch_one(&self.pool)
