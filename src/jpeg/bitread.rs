@@ -6,6 +6,7 @@
 //! and feeds zero bits, counting them, so that decoding never runs off the slice and the caller
 //! can tell afterwards whether it used bits that were not there (truncated or corrupt data).
 
+use super::huffman::extend;
 use super::{err, JpegError};
 
 pub(crate) struct BitReader<'a> {
@@ -89,6 +90,12 @@ impl<'a> BitReader<'a> {
         (self.buf >> 48) as u32
     }
 
+    /// Top 32 bits of the buffer (valid after `ensure`).
+    #[inline]
+    pub(crate) fn peek32(&self) -> u32 {
+        (self.buf >> 32) as u32
+    }
+
     /// Makes sure at least 32 bits are buffered: enough for a code and its extra bits.
     #[inline]
     pub(crate) fn ensure(&mut self) {
@@ -99,19 +106,18 @@ impl<'a> BitReader<'a> {
 
     #[inline]
     pub(crate) fn consume(&mut self, n: u32) {
-        // Callers refill before each symbol, so n <= nbits; saturate anyway rather than panic.
+        // Callers `ensure` before each symbol and take at most 32 bits after it, so n <= nbits
+        // and n < 64; the min only keeps a broken caller from wrapping `nbits`.
         let n = n.min(self.nbits);
-        self.buf = if n >= 64 { 0 } else { self.buf << n };
+        self.buf = self.buf.wrapping_shl(n);
         self.nbits -= n;
     }
 
     /// Reads `n` (0-16) raw bits.
     #[inline]
     pub(crate) fn get_bits(&mut self, n: u32) -> u32 {
-        if n == 0 {
-            return 0;
-        }
-        let v = (self.buf >> (64 - n)) as u32;
+        // Two shifts so that n = 0 needs no branch (a shift by 64 would).
+        let v = (self.buf >> 1 >> (63 - n)) as u32;
         self.consume(n);
         v
     }
@@ -119,15 +125,8 @@ impl<'a> BitReader<'a> {
     /// Reads `s` extra bits and sign-extends them as T.81 F.2.2.1 EXTEND does.
     #[inline]
     pub(crate) fn receive_extend(&mut self, s: u32) -> i32 {
-        if s == 0 {
-            return 0;
-        }
-        let v = self.get_bits(s) as i32;
-        if v < (1 << (s - 1)) {
-            v - (1 << s) + 1
-        } else {
-            v
-        }
+        let v = self.get_bits(s);
+        extend(v, s)
     }
 
     /// Ok if every bit consumed so far was real data, Err if decoding ran into a marker or

@@ -18,7 +18,12 @@ pub(crate) struct HuffSpec {
 #[derive(Clone)]
 pub(crate) struct DecodeTable {
     /// Indexed by the next LOOKAHEAD bits: (code length << 8) | symbol, 0 if the code is longer.
-    lookup: Vec<u16>,
+    lookup: Box<[u16; 1 << LOOKAHEAD]>,
+    /// Indexed the same way, for AC use: a run/size code and its extra bits resolved in one
+    /// lookup when both fit in the lookahead, as (value << 16) | (run << 8) | bits used; 0
+    /// otherwise (and for end-of-band and zero-run codes). Common small coefficients of photos
+    /// take this path, which skips the separate extra-bit read and sign extension.
+    fast_ac: Box<[i32; 1 << LOOKAHEAD]>,
     /// For lengths 1..=16: largest code of that length (-1 if none).
     maxcode: [i32; 18],
     /// For lengths 1..=16: index into `symbols` of the first code of that length, minus that
@@ -33,7 +38,7 @@ impl DecodeTable {
         if total > 256 || total != spec.symbols.len() {
             return err("invalid Huffman table");
         }
-        let mut lookup = vec![0u16; 1 << LOOKAHEAD];
+        let mut lookup = Box::new([0u16; 1 << LOOKAHEAD]);
         let mut maxcode = [-1i32; 18];
         let mut valoffset = [0i32; 17];
         let mut code: u32 = 0;
@@ -61,8 +66,18 @@ impl DecodeTable {
             code <<= 1;
         }
         maxcode[17] = i32::MAX; // sentinel
+        let mut fast_ac = Box::new([0i32; 1 << LOOKAHEAD]);
+        for (i, (f, &e)) in fast_ac.iter_mut().zip(lookup.iter()).enumerate() {
+            let (len, rs) = (u32::from(e >> 8), e & 0xFF);
+            let (run, size) = (i32::from(rs >> 4), u32::from(rs & 15));
+            if e != 0 && size != 0 && len + size <= LOOKAHEAD {
+                let extra = (i as u32 >> (LOOKAHEAD - len - size)) & ((1 << size) - 1);
+                *f = (extend(extra, size) << 16) | (run << 8) | (len + size) as i32;
+            }
+        }
         Ok(DecodeTable {
             lookup,
+            fast_ac,
             maxcode,
             valoffset,
             symbols: spec.symbols.clone(),
@@ -81,6 +96,18 @@ impl DecodeTable {
         self.decode_slow(r, bits)
     }
 
+    /// (zero run, coefficient) of the next AC code if `fast_ac` resolves it, consuming its
+    /// bits; None leaves the reader as it was. The reader must have at least 16 valid bits.
+    #[inline]
+    pub(crate) fn take_fast_ac(&self, r: &mut BitReader) -> Option<(usize, i32)> {
+        let f = self.fast_ac[(r.peek16() >> (16 - LOOKAHEAD)) as usize];
+        if f == 0 {
+            return None;
+        }
+        r.consume((f & 0xFF) as u32);
+        Some((((f >> 8) & 0xFF) as usize, f >> 16))
+    }
+
     #[cold]
     fn decode_slow(&self, r: &mut BitReader, bits: u32) -> Result<u8, JpegError> {
         for len in (LOOKAHEAD + 1)..=16 {
@@ -95,6 +122,17 @@ impl DecodeTable {
             }
         }
         err("invalid Huffman code")
+    }
+}
+
+/// T.81 F.2.2.1 EXTEND: `s` extra bits `v` as a signed value.
+#[inline]
+pub(crate) fn extend(v: u32, s: u32) -> i32 {
+    let v = v as i32;
+    if s > 0 && v < (1 << (s - 1)) {
+        v - (1 << s) + 1
+    } else {
+        v
     }
 }
 

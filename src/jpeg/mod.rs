@@ -20,13 +20,15 @@
 //!
 //! Layout: `bitread` (entropy-coded segment reader), `huffman` (decode tables, optimal table
 //! construction, encode tables), `parse` (markers and the scan loop), `decode` (scan decoding
-//! into coefficient buffers), `encode` (bit writer and the baseline writer).
+//! into coefficient buffers), `requant` (rescaling to the target tables), `resample` (chroma
+//! halving), `encode` (bit writer and the baseline writer).
 
 mod bitread;
 mod decode;
 mod encode;
 mod huffman;
 mod parse;
+mod requant;
 mod resample;
 
 #[cfg(test)]
@@ -116,97 +118,13 @@ pub fn requantize(jpeg: &[u8], quality: u8) -> Result<Requantized, JpegError> {
     }
     let mut img = parse::read_coefficients(jpeg)?;
     resample::chroma_to_420(&mut img, quality);
-    requantize_image(&mut img, quality);
+    requant::requantize_image(&mut img, quality);
     let bytes = encode::write_baseline(&img)?;
     Ok(Requantized {
         jpeg: bytes,
         width: img.width,
         height: img.height,
     })
-}
-
-/// Rescales every component's coefficients to the target tables for `quality`.
-fn requantize_image(img: &mut parse::Image, quality: u8) {
-    let luma = scaled_table(&STD_LUMA_QT, quality);
-    let chroma = scaled_table(&STD_CHROMA_QT, quality);
-    for (ci, comp) in img.comps.iter_mut().enumerate() {
-        let target = if ci == 0 { &luma } else { &chroma };
-        let qin = comp.qt;
-        let mut qout = qin;
-        let mut changed = false;
-        for k in 0..64 {
-            if qin[k] < target[k] {
-                qout[k] = target[k];
-                changed = true;
-            }
-        }
-        if !changed {
-            continue;
-        }
-        // Positions whose step changes; the others keep their coefficient.
-        let mut rescaled = 0u64;
-        let mut div = [Rescaler::new(1, 1); 64];
-        for k in 0..64 {
-            if qout[k] != qin[k] {
-                rescaled |= 1u64 << k;
-                div[k] = Rescaler::new(u32::from(qin[k]), u32::from(qout[k]));
-            }
-        }
-        for block in comp.coeffs.chunks_exact_mut(64) {
-            let block: &mut [i16; 64] = block.try_into().expect("64 coefficients");
-            // Most coefficients are zero (and stay zero): visit only the nonzero ones, without
-            // a data-dependent branch per coefficient.
-            let mut m = encode::nonzero_mask(block) & rescaled;
-            while m != 0 {
-                let k = m.trailing_zeros() as usize;
-                m &= m - 1;
-                block[k] = div[k].apply(block[k]);
-            }
-        }
-        comp.qt = qout;
-    }
-}
-
-/// round(v * num / den), rounding halves toward zero (see below), with the division done as
-/// a multiplication by a precomputed reciprocal: a hardware divide per nonzero coefficient
-/// was a fifth of the run time on high-bitrate 12 MP inputs.
-#[derive(Clone, Copy)]
-struct Rescaler {
-    num: u64,
-    den: u64,
-    /// floor(2^SHIFT / (2 den)) + 1: exact floor division for numerators below 2^34
-    /// (Granlund-Montgomery: 2^SHIFT >= 2^34 * 2den needs SHIFT >= 34 + 18).
-    magic: u128,
-}
-
-const SHIFT: u32 = 52;
-
-impl Rescaler {
-    fn new(num: u32, den: u32) -> Self {
-        let d2 = 2 * u128::from(den);
-        Rescaler {
-            num: u64::from(num),
-            den: u64::from(den),
-            magic: (1u128 << SHIFT) / d2 + 1,
-        }
-    }
-
-    #[inline]
-    fn apply(&self, v: i16) -> i16 {
-        let a = u64::from(v.unsigned_abs()) * self.num;
-        // Ties go toward zero. The true DCT value behind a tie is equally likely to lie on
-        // either side, and a tie happens for every odd value when the steps double (e.g. q85
-        // -> q70); rounding those away from zero kept noise a pixel re-encode would drop:
-        // measured +27% bytes for +0.07 dB, against -21% bytes for +0.01 dB toward zero.
-        let n = 2 * a + self.den - 1; // < 2^34 since |v| <= 2^15 and num, den <= 2^16
-        let q = ((u128::from(n) * self.magic) >> SHIFT) as i32;
-        (if v < 0 { -q } else { q }) as i16
-    }
-}
-
-#[cfg(test)]
-fn rescale(v: i16, num: u32, den: u32) -> i16 {
-    Rescaler::new(num, den).apply(v)
 }
 
 /// libjpeg's quality scaling (jcparam.c `jpeg_quality_scaling` + `jpeg_add_quant_table` with

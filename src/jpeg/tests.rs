@@ -662,30 +662,6 @@ fn requantized_tables_are_the_libjpeg_tables() {
 }
 
 #[test]
-fn rescale_rounds_half_toward_zero() {
-    assert_eq!(rescale(3, 1, 2), 1); // 1.5 -> 1
-    assert_eq!(rescale(-3, 1, 2), -1);
-    assert_eq!(rescale(5, 2, 4), 2); // 2.5 -> 2
-    assert_eq!(rescale(-5, 2, 4), -2);
-    assert_eq!(rescale(7, 2, 4), 3); // 3.5 -> 3
-    assert_eq!(rescale(11, 1, 4), 3); // 2.75 -> 3
-
-    assert_eq!(rescale(7, 3, 10), 2); // 2.1 -> 2
-    assert_eq!(rescale(1, 1, 3), 0);
-    // The reciprocal matches exact integer division everywhere it can be used.
-    let mut rng = Rng(42);
-    for _ in 0..200_000 {
-        let v = (rng.next() % 65536) as u16 as i16;
-        let num = 1 + (rng.next() % 65535) as u32;
-        let den = 1 + (rng.next() % 65535) as u32;
-        let a = v.unsigned_abs() as u64 * num as u64;
-        let q = ((2 * a + den as u64 - 1) / (2 * den as u64)) as i32;
-        let want = (if v < 0 { -q } else { q }) as i16;
-        assert_eq!(rescale(v, num, den), want, "{v} {num} {den}");
-    }
-}
-
-#[test]
 fn refuses_other_kinds() {
     let rgb = photo(40, 40, 3);
     let mut cmyk = Vec::new();
