@@ -22,8 +22,8 @@ pub(crate) struct BitReader<'a> {
 }
 
 /// True if any byte of `w` is 0xFF (bit trick: a zero byte in `!w`).
-#[inline]
-fn has_ff(w: u64) -> bool {
+#[inline(always)]
+pub(crate) fn has_ff(w: u64) -> bool {
     let x = !w;
     (x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080) != 0
 }

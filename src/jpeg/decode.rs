@@ -260,43 +260,41 @@ fn decode_ac_refine(
     if *eobrun == 0 {
         while k <= se {
             r.ensure();
-            let rs = ac.decode(r)?;
-            let run = u32::from(rs >> 4);
-            let size = rs & 15;
-            let mut value = 0i16;
-            if size != 0 {
-                if size != 1 {
+            // Newly nonzero coefficients are run/size codes of size 1 followed by a sign bit:
+            // `fast_ac` resolves both at once.
+            let (run, value) = if let Some((run, v)) = ac.take_fast_ac(r) {
+                if v.unsigned_abs() != 1 {
                     return err("bad AC refinement code");
                 }
-                value = if r.get_bits(1) != 0 {
-                    p1
-                } else {
-                    p1.wrapping_neg()
-                };
-            } else if run != 15 {
-                *eobrun = (1 << run) + r.get_bits(run);
-                break;
-            }
-            // The zero that ends the run (or receives `value`) is the (run+1)-th zero from k;
-            // past the band if there are not that many.
-            let ahead = band & (u64::MAX << k);
-            let mut zeros = !nonzero & ahead;
-            for _ in 0..run {
-                zeros &= zeros.wrapping_sub(1);
-            }
-            let stop = if zeros == 0 {
-                se + 1
+                (run as u32, if v > 0 { p1 } else { p1.wrapping_neg() })
             } else {
-                zeros.trailing_zeros()
+                let rs = ac.decode(r)?;
+                let run = u32::from(rs >> 4);
+                match rs & 15 {
+                    0 if run != 15 => {
+                        *eobrun = (1 << run) + r.get_bits(run);
+                        break;
+                    }
+                    0 => (run, 0),
+                    1 if r.get_bits(1) != 0 => (run, p1),
+                    1 => (run, p1.wrapping_neg()),
+                    _ => return err("bad AC refinement code"),
+                }
             };
-            refine_bits(r, block, nonzero & ahead & below(stop), p1);
+            // The zero that ends the run (or receives `value`) is the (run+1)-th zero from k;
+            // none if there are not that many in the band.
+            let ahead = band & (u64::MAX << k);
+            let stop = nth_set_bit(!nonzero & ahead, run);
+            // stop - 1: the bits below it, or all of them when there is no stop.
+            refine_bits(r, block, nonzero & ahead & stop.wrapping_sub(1), p1);
+            let at = stop.trailing_zeros();
             if value != 0 {
-                if stop > se {
+                if at > se {
                     return err("AC refinement past the end of the band");
                 }
-                block[stop as usize] = value;
+                block[at as usize] = value;
             }
-            k = stop + 1;
+            k = at + 1;
         }
     }
     if *eobrun > 0 {
@@ -309,21 +307,57 @@ fn decode_ac_refine(
     Ok(())
 }
 
-/// Bits ss..=se set.
+/// Bits ss..=se set (ss <= se <= 63).
 #[inline]
 fn band_mask(ss: u32, se: u32) -> u64 {
-    below(se + 1) & (u64::MAX << ss)
+    (u64::MAX >> (63 - se)) & (u64::MAX << ss)
 }
 
-/// Bits 0..n set (n <= 64).
+/// The `n`-th (from 0, n < 64) lowest set bit of `x` as a mask, 0 if `x` has no more than n.
+///
+/// Broadword select: prefix sums of the bytes' bit counts find the byte, a table the bit in
+/// it. Clearing the lowest bit n times instead ended in a mispredicted branch on most AC
+/// refinement symbols.
 #[inline]
-fn below(n: u32) -> u64 {
-    if n >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << n) - 1
+fn nth_set_bit(x: u64, n: u32) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let s = x - ((x >> 1) & 0x5555_5555_5555_5555);
+    let s = (s & 0x3333_3333_3333_3333) + ((s >> 2) & 0x3333_3333_3333_3333);
+    let s = (s + (s >> 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+    // Byte i: set bits in bytes 0..=i (at most 64, so no carries between bytes).
+    let upto = s.wrapping_mul(ONES);
+    // High bit of byte i set where upto_i <= n: a prefix of the bytes, as long as the one
+    // holding the bit is.
+    let n = u64::from(n);
+    let le = ((n * ONES) | HIGH).wrapping_sub(upto) & HIGH;
+    let byte = ((le >> 7).wrapping_mul(ONES) >> 56) as u32;
+    if byte >= 8 || n >= 64 {
+        return 0;
     }
+    let before = ((upto << 8) >> (8 * byte)) & 0xFF;
+    let in_byte = ((x >> (8 * byte)) & 0xFF) as usize;
+    let bit = SELECT_IN_BYTE[in_byte * 8 + (n - before) as usize];
+    1u64 << (8 * byte + u32::from(bit))
 }
+
+/// SELECT_IN_BYTE[b * 8 + i]: position of the i-th set bit of byte b (0 where there is none).
+const SELECT_IN_BYTE: [u8; 2048] = {
+    let mut t = [0u8; 2048];
+    let mut b = 0;
+    while b < 256 {
+        let (mut i, mut bit) = (0, 0);
+        while bit < 8 {
+            if b & (1 << bit) != 0 {
+                t[b * 8 + i] = bit as u8;
+                i += 1;
+            }
+            bit += 1;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// Reads one correction bit per coefficient in `mask` (in coefficient order) and applies it:
 /// a set bit adds 1 << al to the magnitude, unless that bit of the magnitude is already set.
@@ -399,4 +433,44 @@ fn decode_block_baseline(
         k += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{band_mask, nth_set_bit};
+
+    fn nth_set_bit_naive(mut x: u64, n: u32) -> u64 {
+        for _ in 0..n {
+            x &= x.wrapping_sub(1);
+        }
+        x & x.wrapping_neg()
+    }
+
+    #[test]
+    fn nth_set_bit_matches_clearing_low_bits() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Dense, sparse and edge words.
+            let w = match i % 4 {
+                0 => x,
+                1 => x & (x >> 3) & (x >> 7),
+                2 => !(x & (x >> 5)),
+                _ => [0, u64::MAX, 1, 1 << 63][(i / 4) % 4],
+            };
+            for n in 0..64 {
+                assert_eq!(nth_set_bit(w, n), nth_set_bit_naive(w, n), "{w:#x} {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn band_masks() {
+        assert_eq!(band_mask(0, 63), u64::MAX);
+        assert_eq!(band_mask(1, 5), 0b11_1110);
+        assert_eq!(band_mask(63, 63), 1 << 63);
+        assert_eq!(band_mask(0, 0), 1);
+    }
 }

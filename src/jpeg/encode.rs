@@ -1,6 +1,7 @@
 //! Baseline writer: gathers symbol statistics, builds optimal tables, entropy-codes one
 //! interleaved scan.
 
+use super::bitread::has_ff;
 use super::huffman::{build_optimal, EncodeTable, HuffSpec};
 use super::parse::Image;
 use super::{err, JpegError};
@@ -8,47 +9,71 @@ use super::{err, JpegError};
 /// Accumulates bits MSB-first and emits bytes with 0xFF stuffing.
 struct BitWriter {
     out: Vec<u8>,
+    /// Pending bits at the low end; above them, bits already emitted or garbage that the next
+    /// shifts push out.
     acc: u64,
-    /// Pending bits in the low end of `acc`.
-    n: u32,
+    /// Bits still free in `acc` (1-64).
+    free: u32,
 }
 
 impl BitWriter {
-    /// Appends the low `len` bits of `bits` (len <= 32).
-    #[inline]
+    fn new(out: Vec<u8>) -> Self {
+        BitWriter {
+            out,
+            acc: 0,
+            free: 64,
+        }
+    }
+
+    /// Appends the low `len` bits of `bits` (len <= 32; higher bits of `bits` must be zero).
+    #[inline(always)]
     fn put(&mut self, bits: u32, len: u32) {
-        self.acc = (self.acc << len) | u64::from(bits);
-        self.n += len;
-        if self.n >= 32 {
-            self.n -= 32;
-            let w = (self.acc >> self.n) as u32;
-            let b = w.to_be_bytes();
-            // Stuff a zero after every 0xFF; the check is cheap and 0xFF bytes are rare.
-            if b.contains(&0xFF) {
-                for &x in &b {
-                    self.out.push(x);
-                    if x == 0xFF {
-                        self.out.push(0);
-                    }
+        if len < self.free {
+            self.acc = (self.acc << len) | u64::from(bits);
+            self.free -= len;
+        } else {
+            // Fill the word, emit it, keep the rest. Here free <= len <= 32, so no shift is
+            // by 64; emitting eight bytes at a time halves the flushes (and their
+            // mispredicted branch) against four.
+            let spill = len - self.free;
+            let word = (self.acc << self.free) | (u64::from(bits) >> spill);
+            self.emit(word);
+            self.acc = u64::from(bits);
+            self.free = 64 - spill;
+        }
+    }
+
+    #[inline(always)]
+    fn emit(&mut self, word: u64) {
+        let b = word.to_be_bytes();
+        // Stuff a zero after every 0xFF; 0xFF bytes are rare, so test the word first.
+        if has_ff(word) {
+            for &x in &b {
+                self.out.push(x);
+                if x == 0xFF {
+                    self.out.push(0);
                 }
-            } else {
-                self.out.extend_from_slice(&b);
             }
+        } else {
+            self.out.extend_from_slice(&b);
         }
     }
 
     /// Pads the last byte with 1 bits, as T.81 requires, and flushes.
     fn finish(&mut self) {
-        let pad = (8 - self.n % 8) % 8;
+        let pad = (64 - self.free) % 8;
+        let pad = (8 - pad) % 8;
         self.put((1 << pad) - 1, pad);
-        while self.n >= 8 {
-            self.n -= 8;
-            let x = (self.acc >> self.n) as u8;
+        let mut pending = 64 - self.free;
+        while pending >= 8 {
+            pending -= 8;
+            let x = (self.acc >> pending) as u8;
             self.out.push(x);
             if x == 0xFF {
                 self.out.push(0);
             }
         }
+        self.free = 64;
     }
 }
 
@@ -102,7 +127,8 @@ impl Sink for Writer<'_> {
 fn category(v: i32) -> (u32, u32) {
     let a = v.unsigned_abs();
     let size = 32 - a.leading_zeros();
-    let bits = if v < 0 { (v - 1) as u32 } else { v as u32 };
+    // v - 1 for negative v, without a branch on the (random) sign.
+    let bits = (v + (v >> 31)) as u32;
     (size, bits & ((1u32 << size) - 1))
 }
 
@@ -321,7 +347,7 @@ pub(crate) fn write_baseline(img: &Image) -> Result<Vec<u8>, JpegError> {
     let ac_enc: Vec<EncodeTable> = ac_specs.iter().map(EncodeTable::new).collect();
     let last = ntab - 1;
     let mut writer = Writer {
-        w: BitWriter { out, acc: 0, n: 0 },
+        w: BitWriter::new(out),
         dc: [&dc_enc[0], &dc_enc[last]],
         ac: [&ac_enc[0], &ac_enc[last]],
     };
