@@ -24,6 +24,18 @@ impl RequestId {
     }
 }
 
+impl RequestId {
+    /// The UUID, for the store's columns.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// A stored ID, read back from the database.
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
 impl Default for RequestId {
     fn default() -> Self {
         Self::new()
@@ -41,6 +53,12 @@ impl fmt::Display for RequestId {
 #[serde(transparent)]
 pub struct SerialNumber(pub i64);
 
+impl SerialNumber {
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
 impl fmt::Display for SerialNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -51,6 +69,12 @@ impl fmt::Display for SerialNumber {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ProductName(pub String);
+
+impl ProductName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for ProductName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,6 +96,34 @@ impl ImageUrl {
 impl fmt::Display for ImageUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// Who owns a request: a stable, non-reversible tag of the API key that created it, or the
+/// open owner when the API has no keys. A key sees only the requests of its own tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Owner(String);
+
+impl Owner {
+    /// The owner of every request when no API keys are configured.
+    pub fn open() -> Self {
+        Self(String::new())
+    }
+
+    /// The tag of an API key (the first 16 bytes of its SHA-256, in hex).
+    pub fn of_key(key: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(key.as_bytes());
+        Self(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// A tag read back from the database.
+    pub fn from_stored(tag: String) -> Self {
+        Self(tag)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod csv_input;
 pub mod domain;
 pub mod error;
+pub mod failure;
 pub mod fetch;
 pub mod intake;
 pub mod jpeg;
