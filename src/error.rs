@@ -74,11 +74,11 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<crate::core::StoreError> for ApiError {
+    fn from(e: crate::core::StoreError) -> Self {
         match e {
-            crate::store::StoreError::Unavailable(e) => ApiError::Unavailable(e),
-            crate::store::StoreError::Other(e) => ApiError::Internal(e),
+            crate::core::StoreError::Unavailable(e) => ApiError::Unavailable(e),
+            crate::core::StoreError::Other(e) => ApiError::Internal(e),
         }
     }
 }

@@ -2,24 +2,21 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::core::{Core, CreateOutcome, NewRequest};
 use crate::csv_input::{parse_csv, CsvLimits};
+use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::ApiError;
-use crate::store::{CreateOutcome, NewRequest, Store};
 
 /// An upload as the HTTP layer received it.
 pub struct Upload {
-    pub owner: String,
+    pub owner: Owner,
     pub idempotency_key: Option<String>,
     pub csv: Vec<u8>,
     pub webhook_url: Option<String>,
 }
 
-pub async fn accept(
-    store: &Store,
-    limits: CsvLimits,
-    upload: Upload,
-) -> Result<RequestId, ApiError> {
+pub async fn accept(core: &Core, limits: CsvLimits, upload: Upload) -> Result<RequestId, ApiError> {
     let Upload {
         owner,
         idempotency_key,
@@ -40,7 +37,7 @@ pub async fn accept(
         webhook_url,
         products,
     };
-    match store.create_request(new).await? {
+    match core.create_request(new).await? {
         CreateOutcome::Created(id) | CreateOutcome::Replayed(id) => Ok(id),
         CreateOutcome::KeyReused => Err(ApiError::Unprocessable(
             "Idempotency-Key was already used for a different upload".into(),

@@ -7,6 +7,7 @@ pub mod api;
 pub mod client;
 pub mod compress;
 pub mod config;
+pub mod core;
 pub mod csv_input;
 pub mod domain;
 pub mod error;
@@ -35,13 +36,13 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 
 use crate::api::{ApiKeys, AppState};
-use crate::store::Store;
-use crate::worker::{Wakeup, WorkerPool};
+use crate::core::Core;
+use crate::worker::WorkerPool;
 
 /// A running service: its HTTP server and its workers.
 pub struct Server {
     pub addr: SocketAddr,
-    pub store: Store,
+    pub core: Core,
     shutdown: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     workers: Option<WorkerPool>,
@@ -55,14 +56,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, "listening on http://{addr}");
 
-    let store = Store::connect(&config.db.database_url)
+    let core = Core::connect(&config.db.database_url)
         .await
         .context("cannot open the database")?;
-    store
-        .migrate()
+    core.migrate()
         .await
         .context("cannot migrate the database")?;
-    tracing::info!(backend = store.backend(), "database ready");
+    tracing::info!(backend = core.backend(), "database ready");
 
     let public_url: Arc<str> = config
         .public_url
@@ -78,7 +78,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         intake::parse_webhook_url(url, config.limits.max_url_length)
             .map_err(|e| anyhow::anyhow!("IMGBATCH_WEBHOOK_URL is invalid: {e}"))?;
     }
-    let salt = store
+    let salt = core
         .setting_or_insert(
             "output_key_salt",
             &uuid::Uuid::new_v4().simple().to_string(),
@@ -91,29 +91,23 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     )
     .await?
     .with_key_salt(salt);
-    let wakeup = Wakeup::default();
-    let webhooks_due = Wakeup::default();
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
 
     let workers = if config.workers.workers > 0 {
         let fetcher = fetch::Fetcher::new(&config)?;
-        let signer = webhook::Signer::from_secret(&webhook_secret(&store, &config).await?)?;
+        let signer = webhook::Signer::from_secret(&webhook_secret(&core, &config).await?)?;
         let sender = webhook::Sender::new(
             signer,
             config.limits.webhook_timeout,
             config.address_policy(),
         )?;
         Some(WorkerPool::start(
-            store.clone(),
+            core.clone(),
             storage,
             fetcher,
             sender,
             config.clone(),
-            worker::Wakeups {
-                jobs: wakeup.clone(),
-                webhooks: webhooks_due.clone(),
-            },
             shutdown.child_token(),
         ))
     } else {
@@ -121,11 +115,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
 
     let state = AppState {
-        store: store.clone(),
+        core: core.clone(),
         keys: Arc::new(ApiKeys::new(&config.api_keys)),
         config,
-        wakeup,
-        webhooks_due,
         public_url,
         status_cache: Arc::new(api::status_cache::StatusCache::new(64 * 1024 * 1024)),
     };
@@ -149,7 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     });
     Ok(Server {
         addr,
-        store,
+        core,
         shutdown,
         http,
         workers,
@@ -158,7 +150,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
 /// The webhook signing secret: the setting, else the one generated once and kept in the
 /// database (so every process and every restart signs alike).
-pub async fn webhook_secret(store: &Store, config: &Config) -> anyhow::Result<String> {
+pub async fn webhook_secret(core: &Core, config: &Config) -> anyhow::Result<String> {
     if let Some(s) = config
         .webhook_secret
         .as_deref()
@@ -167,7 +159,7 @@ pub async fn webhook_secret(store: &Store, config: &Config) -> anyhow::Result<St
         webhook::Signer::from_secret(s).context("IMGBATCH_WEBHOOK_SECRET is invalid")?;
         return Ok(s.trim().to_string());
     }
-    Ok(store
+    Ok(core
         .setting_or_insert(webhook::SECRET_SETTING, &webhook::Signer::generate_secret())
         .await?)
 }

@@ -1,7 +1,7 @@
 use clap::Parser;
 
 use imgbatch::config::{Cli, Command};
-use imgbatch::store::Store;
+use imgbatch::core::Core;
 use imgbatch::telemetry;
 
 fn main() -> std::process::ExitCode {
@@ -53,17 +53,17 @@ async fn serve(config: imgbatch::Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(url: &str) -> anyhow::Result<()> {
-    let store = Store::connect(url).await?;
-    store.migrate().await?;
-    tracing::info!(backend = store.backend(), "migrations applied");
+    let core = Core::connect(url).await?;
+    core.migrate().await?;
+    tracing::info!(backend = core.backend(), "migrations applied");
     Ok(())
 }
 
 async fn webhook_secret(mut config: imgbatch::Config, url: &str) -> anyhow::Result<()> {
     config.db.database_url = url.to_string();
-    let store = Store::connect(url).await?;
-    store.migrate().await?;
-    println!("{}", imgbatch::webhook_secret(&store, &config).await?);
+    let core = Core::connect(url).await?;
+    core.migrate().await?;
+    println!("{}", imgbatch::webhook_secret(&core, &config).await?);
     Ok(())
 }
 

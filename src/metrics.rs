@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use crate::failure::ErrorCode;
+
 /// Upper bounds of the job duration histogram, in seconds.
 const BUCKETS: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -74,9 +76,9 @@ impl Metrics {
         self.output_bytes.fetch_add(bytes_out, Relaxed);
     }
 
-    /// `reason` is a small fixed vocabulary (see [`failure_reason`]), never free text.
-    pub fn image_failed(&self, reason: &'static str) {
-        bump(&self.failed_by_reason, reason);
+    /// Counted by the failure's kind, a closed set.
+    pub fn image_failed(&self, code: ErrorCode) {
+        bump(&self.failed_by_reason, code.as_str());
     }
 
     pub fn image_retry(&self) {
@@ -198,32 +200,6 @@ impl Metrics {
     }
 }
 
-/// Maps a failure message to a small, stable label for metrics.
-pub fn failure_reason(error: &str) -> &'static str {
-    let e = error.to_ascii_lowercase();
-    if e.contains("not a public address") {
-        "refused_address"
-    } else if e.contains("not an image") {
-        "not_an_image"
-    } else if e.contains("pixels") {
-        "too_many_pixels"
-    } else if e.contains("larger than the limit") {
-        "too_large"
-    } else if e.contains("timed out") || e.contains("took longer") {
-        "timeout"
-    } else if e.contains("http 4") {
-        "http_4xx"
-    } else if e.contains("http 5") {
-        "http_5xx"
-    } else if e.contains("decode") || e.contains("decoder") {
-        "undecodable"
-    } else if e.contains("connect") {
-        "connection"
-    } else {
-        "other"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,35 +210,15 @@ mod tests {
         for _ in 0..3 {
             m.upload_accepted();
         }
-        m.image_failed("http_4xx");
-        m.image_failed("http_4xx");
+        m.image_failed(ErrorCode::NotFound);
+        m.image_failed(ErrorCode::NotFound);
         m.job_finished(0.2);
         let text = m.render(Some((5, 2)));
         assert!(text.contains("imgbatch_uploads_total 3"));
-        assert!(text.contains("imgbatch_images_failed_total{reason=\"http_4xx\"} 2"));
+        assert!(text.contains("imgbatch_images_failed_total{reason=\"not_found\"} 2"));
         assert!(text.contains("imgbatch_job_duration_seconds_bucket{le=\"0.1\"} 0"));
         assert!(text.contains("imgbatch_job_duration_seconds_bucket{le=\"0.25\"} 1"));
         assert!(text.contains("imgbatch_job_duration_seconds_count 1"));
         assert!(text.contains("imgbatch_queue_depth{state=\"pending\"} 5"));
-    }
-
-    #[test]
-    fn reasons_are_a_small_vocabulary() {
-        assert_eq!(
-            failure_reason("origin answered HTTP 404 Not Found"),
-            "http_4xx"
-        );
-        assert_eq!(
-            failure_reason("not an image: looks like HTML"),
-            "not_an_image"
-        );
-        assert_eq!(
-            failure_reason("refused to connect to 10.0.0.1: not a public address (…)"),
-            "refused_address"
-        );
-        assert_eq!(
-            failure_reason("download timed out after 30s (gave up after 5 attempts)"),
-            "timeout"
-        );
     }
 }

@@ -7,11 +7,12 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::{RequestId, Status};
-use crate::store::{
+use crate::core::{
     DeliveryState, ImageRow, ProductRow, RequestDetail, RequestRow, StoreError, StoreResult,
     WebhookRow,
 };
+use crate::domain::{RequestId, Status};
+use crate::failure::ErrorCode;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -96,6 +97,8 @@ pub struct ImageBody {
     pub status: Status,
     /// Why the image failed (final), or why the last attempt failed (while retrying).
     pub error: Option<String>,
+    /// The kind of that failure, a stable machine-readable code (see `ErrorCode`).
+    pub error_code: Option<ErrorCode>,
     pub attempts: i64,
     /// How the output was made: `requantized` (JPEG recompressed in the DCT domain, no pixels)
     /// or `pixels` (decoded and encoded again).
@@ -158,6 +161,7 @@ impl ProductBody {
                     output_image_url: i.output_url,
                     status: i.status,
                     error: i.error,
+                    error_code: i.error_code,
                     attempts: i.attempts,
                     codec: i.codec,
                 })
@@ -436,7 +440,7 @@ fn defuse(cell: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RequestRow;
+    use crate::core::RequestRow;
 
     fn detail() -> RequestDetail {
         let now = Utc::now();
@@ -447,6 +451,7 @@ mod tests {
             status,
             output_url: out.map(Into::into),
             error: None,
+            error_code: None,
             attempts: 1,
             codec: None,
         };
@@ -564,6 +569,7 @@ mod tests {
                     status: Status::Failed,
                     output_url: (pos % 2 == 0).then(|| format!("http://o/{p}-{pos}.jpg")),
                     error: (pos % 2 == 1).then(|| "HTTP 404 \"Not Found\" \u{2717}".into()),
+                    error_code: (pos % 2 == 1).then_some(ErrorCode::NotFound),
                     attempts: pos,
                     codec: (pos % 2 == 0).then(|| "pixels".into()),
                 });

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use crate::domain::Owner;
 use crate::error::ApiError;
 
 pub struct ApiKeys {
@@ -42,16 +43,13 @@ impl ApiKeys {
     }
 }
 
-/// Who is calling: the owner tag stored with their requests ("" when the API is open).
-#[derive(Debug, Clone)]
-pub struct Owner(pub String);
-
+/// Who is calling: the owner of the requests they create and may see.
 impl FromRequestParts<AppState> for Owner {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if state.keys.is_open() {
-            return Ok(Owner(String::new()));
+            return Ok(Owner::open());
         }
         let header = parts
             .headers
@@ -68,14 +66,8 @@ impl FromRequestParts<AppState> for Owner {
         if !state.keys.matches(token.as_bytes()) {
             return Err(ApiError::Unauthorized("invalid API key".into()));
         }
-        Ok(Owner(owner_tag(token)))
+        Ok(Owner::of_key(token))
     }
-}
-
-/// A stable, non-reversible tag for a key.
-pub fn owner_tag(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -92,6 +84,6 @@ mod tests {
         assert!(!keys.matches(b"alphaa"));
         assert!(!keys.matches(b""));
         assert!(ApiKeys::new(&[]).is_open());
-        assert_ne!(owner_tag("alpha"), owner_tag("beta"));
+        assert_ne!(Owner::of_key("alpha"), Owner::of_key("beta"));
     }
 }

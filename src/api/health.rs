@@ -28,7 +28,7 @@ pub async fn healthz() -> Json<Health> {
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     // The queue depth is best effort: metrics stay available while the database is not.
-    let queue = state.store.queue_depth().await.ok();
+    let queue = state.core.queue_depth().await.ok();
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -43,9 +43,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
     responses((status = 200, description = "Ready", body = Health),
               (status = 503, description = "Database unreachable", body = crate::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
-    state.store.ping().await?;
+    state.core.ping().await?;
     Ok(Json(Health {
         status: "ok".into(),
-        database: Some(state.store.backend()),
+        database: Some(state.core.backend()),
     }))
 }

@@ -20,22 +20,18 @@ use axum::Router;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::{ApiKeys, Owner};
+pub use auth::ApiKeys;
 
 use crate::config::Config;
+use crate::core::Core;
 use crate::error::ApiError;
-use crate::store::Store;
-use crate::worker::Wakeup;
 
 /// What every handler may use.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
+    pub core: Core,
     pub config: Arc<Config>,
     pub keys: Arc<ApiKeys>,
-    pub wakeup: Wakeup,
-    /// Wakes the webhook deliverer (a manual retry).
-    pub webhooks_due: Wakeup,
     /// Base of output image URLs, without a trailing slash.
     pub public_url: Arc<str>,
     pub status_cache: Arc<status_cache::StatusCache>,

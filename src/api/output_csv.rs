@@ -2,7 +2,8 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use super::{AppState, Owner};
+use super::AppState;
+use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::report;
@@ -30,8 +31,8 @@ pub async fn output_csv(
 ) -> ApiResult<impl IntoResponse> {
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
     let detail = state
-        .store
-        .request_detail(id, &owner.0)
+        .core
+        .request_detail(id, &owner)
         .await?
         .ok_or_else(ApiError::request_not_found)?;
     let disposition = format!("attachment; filename=\"{id}.csv\"");

@@ -3,7 +3,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::{status_stream, AppState, Owner};
+use super::{status_stream, AppState};
+use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::report::StatusBody;
@@ -34,14 +35,14 @@ pub async fn status(
     // A malformed ID names no request: 404 like any unknown one.
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
     let head = state
-        .store
-        .request_head(id, &owner.0)
+        .core
+        .request_head(id, &owner)
         .await?
         .ok_or_else(ApiError::request_not_found)?;
     let version = head.version;
     let finished = version.status.is_final();
     let cached = finished
-        .then(|| state.status_cache.get(id, &owner.0, &version))
+        .then(|| state.status_cache.get(id, &owner, &version))
         .flatten();
     if let Some(body) = cached {
         return Ok(json(body));
@@ -52,23 +53,23 @@ pub async fn status(
     let threshold = i64::try_from(state.config.status_stream_threshold).unwrap_or(i64::MAX);
     if head.total_images > threshold {
         return status_stream::respond(
-            state.store.clone(),
+            state.core.clone(),
             id,
-            owner.0,
+            owner,
             state.config.limits.status_stream_idle_timeout,
         )
         .await;
     }
     let detail = state
-        .store
-        .request_detail(id, &owner.0)
+        .core
+        .request_detail(id, &owner)
         .await?
         .ok_or_else(ApiError::request_not_found)?;
     let body = Bytes::from(
         serde_json::to_vec(&StatusBody::build(detail)).map_err(|e| ApiError::Internal(e.into()))?,
     );
     if finished {
-        state.status_cache.put(id, &owner.0, version, body.clone());
+        state.status_cache.put(id, &owner, version, body.clone());
     }
     Ok(json(body))
 }

@@ -8,10 +8,11 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use crate::core::RequestVersion;
+use crate::domain::Owner;
 use crate::domain::RequestId;
-use crate::store::RequestVersion;
 
-type Key = (RequestId, String);
+type Key = (RequestId, Owner);
 
 pub struct StatusCache {
     max_bytes: usize,
@@ -32,15 +33,15 @@ impl StatusCache {
         }
     }
 
-    pub fn get(&self, id: RequestId, owner: &str, version: &RequestVersion) -> Option<Bytes> {
+    pub fn get(&self, id: RequestId, owner: &Owner, version: &RequestVersion) -> Option<Bytes> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match inner.entries.get(&(id, owner.to_string())) {
+        match inner.entries.get(&(id, owner.clone())) {
             Some((v, body)) if v == version => Some(body.clone()),
             _ => None,
         }
     }
 
-    pub fn put(&self, id: RequestId, owner: &str, version: RequestVersion, body: Bytes) {
+    pub fn put(&self, id: RequestId, owner: &Owner, version: RequestVersion, body: Bytes) {
         if body.len() > self.max_bytes / 8 {
             return; // a very large body would evict everything else
         }
@@ -51,10 +52,7 @@ impl StatusCache {
             inner.bytes = 0;
         }
         inner.bytes += body.len();
-        if let Some((_, old)) = inner
-            .entries
-            .insert((id, owner.to_string()), (version, body))
-        {
+        if let Some((_, old)) = inner.entries.insert((id, owner.clone()), (version, body)) {
             inner.bytes -= old.len();
         }
     }
@@ -83,22 +81,26 @@ mod tests {
         let id = RequestId::new();
         cache.put(
             id,
-            "",
+            &Owner::open(),
             version(Status::Completed, 1),
             Bytes::from_static(b"body-1"),
         );
         assert_eq!(
-            cache.get(id, "", &version(Status::Completed, 1)).unwrap(),
+            cache
+                .get(id, &Owner::open(), &version(Status::Completed, 1))
+                .unwrap(),
             "body-1"
         );
-        assert!(cache.get(id, "", &version(Status::Completed, 2)).is_none());
         assert!(cache
-            .get(id, "other-owner", &version(Status::Completed, 1))
+            .get(id, &Owner::open(), &version(Status::Completed, 2))
+            .is_none());
+        assert!(cache
+            .get(id, &Owner::of_key("other"), &version(Status::Completed, 1))
             .is_none());
         for _ in 0..50 {
             cache.put(
                 RequestId::new(),
-                "",
+                &Owner::open(),
                 version(Status::Completed, 1),
                 Bytes::from(vec![0u8; 90]),
             );
@@ -106,12 +108,14 @@ mod tests {
         assert!(cache.inner.lock().unwrap().bytes <= 800);
         cache.put(
             id,
-            "",
+            &Owner::open(),
             version(Status::Completed, 1),
             Bytes::from(vec![0u8; 500]),
         );
         assert!(
-            cache.get(id, "", &version(Status::Completed, 1)).is_none()
+            cache
+                .get(id, &Owner::open(), &version(Status::Completed, 1))
+                .is_none()
                 || cache.inner.lock().unwrap().bytes <= 800
         );
     }

@@ -6,7 +6,7 @@
 //! A task of its own owns the snapshot (a read transaction) and feeds the response through a
 //! small bounded channel. The handler's future and the response body are dropped whenever the
 //! client hangs up; the task is not, so no query is ever cut off half-way (sqlx 0.8 can return
-//! such a connection to the pool inside its transaction; see `detached!` in the store). It sees
+//! such a connection to the pool inside its transaction; see the doc of `crate::core`). It sees
 //! the client gone at its next send, and ends the transaction itself.
 
 use std::time::Duration;
@@ -18,10 +18,11 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::core::{Core, ImageRow, ProductRow, ReadSnapshot, StoreResult};
+use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult};
 use crate::report::{StatusRows, StatusStream};
-use crate::store::{ImageRow, ProductRow, ReadSnapshot, Store, StoreResult};
 
 /// Requests with more images than this have their status streamed (the default of
 /// `IMGBATCH_STATUS_STREAM_THRESHOLD`). Below it the body is built in memory: that is faster
@@ -55,14 +56,14 @@ const MAX_STREAM_TIME: Duration = Duration::from_secs(600);
 /// Answers with the streamed status body of `id`, or an error (404, 503) before anything is
 /// sent. `idle` bounds how long the snapshot waits for a client that stops reading.
 pub async fn respond(
-    store: Store,
+    core: Core,
     id: RequestId,
-    owner: String,
+    owner: Owner,
     idle: Duration,
 ) -> ApiResult<Response> {
     let (opened_tx, opened) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    tokio::spawn(produce(store, id, owner, idle, opened_tx, tx));
+    tokio::spawn(produce(core, id, owner, idle, opened_tx, tx));
     match opened.await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => return Err(ApiError::request_not_found()),
@@ -109,20 +110,20 @@ enum Stop {
     /// The client stopped reading for `idle`, or the stream passed `MAX_STREAM_TIME`.
     TimedOut,
     /// A read failed part-way; the body ends cut off.
-    Failed(crate::store::StoreError),
+    Failed(crate::core::StoreError),
 }
 
 /// The task that owns the snapshot: opens it, streams the body, and always ends the
 /// transaction itself, however the stream ended.
 async fn produce(
-    store: Store,
+    core: Core,
     id: RequestId,
-    owner: String,
+    owner: Owner,
     idle: Duration,
     opened: oneshot::Sender<StoreResult<bool>>,
     tx: mpsc::Sender<Msg>,
 ) {
-    let mut snap = match store.read_snapshot().await {
+    let mut snap = match core.read_snapshot().await {
         Ok(snap) => snap,
         Err(e) => {
             let _ = opened.send(Err(e));
@@ -157,7 +158,7 @@ async fn produce(
 async fn stream(
     snap: &mut ReadSnapshot,
     id: RequestId,
-    owner: &str,
+    owner: &Owner,
     idle: Duration,
     opened: oneshot::Sender<StoreResult<bool>>,
     tx: &mpsc::Sender<Msg>,

@@ -4,8 +4,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
 
-use super::{AppState, Owner};
+use super::AppState;
 use crate::csv_input::CsvLimits;
+use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::intake::{self, Upload};
@@ -134,13 +135,12 @@ async fn accept(
             .filter(|u| !u.trim().is_empty())
     });
     let upload = Upload {
-        owner: owner.0,
+        owner,
         idempotency_key,
         csv,
         webhook_url,
     };
-    let request_id = intake::accept(&state.store, csv_limits, upload).await?;
-    state.wakeup.notify();
+    let request_id = intake::accept(&state.core, csv_limits, upload).await?;
     tracing::info!(%request_id, "upload accepted");
     Ok(Json(UploadResponse { request_id }))
 }

@@ -3,10 +3,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 
-use super::{AppState, Owner};
+use super::AppState;
+use crate::core::WebhookRetry;
+use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::store::WebhookRetry;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MessageBody {
@@ -35,17 +36,14 @@ pub async fn retry(
     Path(raw_id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<MessageBody>)> {
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
-    match state.store.retry_webhook(id, &owner.0).await? {
+    match state.core.retry_webhook(id, &owner).await? {
         None => Err(ApiError::request_not_found()),
-        Some(WebhookRetry::Queued) => {
-            state.webhooks_due.notify();
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(MessageBody {
-                    message: "webhook delivery queued".into(),
-                }),
-            ))
-        }
+        Some(WebhookRetry::Queued) => Ok((
+            StatusCode::ACCEPTED,
+            Json(MessageBody {
+                message: "webhook delivery queued".into(),
+            }),
+        )),
         Some(WebhookRetry::NoDelivery) => Err(ApiError::Conflict(
             "this request has no webhook delivery (no target, or not finished yet)".into(),
         )),

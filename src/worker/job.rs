@@ -6,9 +6,9 @@ use chrono::Utc;
 
 use super::{backoff, Ctx};
 use crate::compress::{compress, working_memory, CompressOptions};
-use crate::fetch::FetchError;
-use crate::metrics::{failure_reason, METRICS};
-use crate::store::{ImageJob, ImageOutput, JobOutcome};
+use crate::core::{ImageJob, ImageOutput, JobOutcome};
+use crate::failure::{ErrorCode, Failure};
+use crate::metrics::METRICS;
 
 pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
     let started = Instant::now();
@@ -16,11 +16,10 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
     let outcome = if job.attempts > max {
         // Claimed again after its process died mid-job, more times than we allow: an input
         // that kills the worker must not be retried forever.
-        JobOutcome::Failed {
-            error: format!(
-                "gave up: the worker processing it stopped during each of {max} attempts"
-            ),
-        }
+        JobOutcome::Failed(Failure::new(
+            ErrorCode::WorkerLost,
+            format!("gave up: the worker processing it stopped during each of {max} attempts"),
+        ))
     } else {
         attempt(ctx, &job).await
     };
@@ -30,18 +29,18 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
     METRICS.job_finished(elapsed.as_secs_f64());
     match &outcome {
         JobOutcome::Completed(o) => METRICS.image_completed(o.bytes_in as u64, o.bytes_out as u64),
-        JobOutcome::Failed { error } => METRICS.image_failed(failure_reason(error)),
+        JobOutcome::Failed(failure) => METRICS.image_failed(failure.code),
         JobOutcome::Retry { .. } => METRICS.image_retry(),
     }
     match &outcome {
         JobOutcome::Completed(o) => {
             tracing::debug!(image = job.id, request_id = %job.request_id, bytes_in = o.bytes_in, bytes_out = o.bytes_out, elapsed_ms, "image completed")
         }
-        JobOutcome::Failed { error } => {
-            tracing::info!(image = job.id, request_id = %job.request_id, %error, "image failed")
+        JobOutcome::Failed(f) => {
+            tracing::info!(image = job.id, request_id = %job.request_id, error = %f.message, error_code = %f.code, "image failed")
         }
-        JobOutcome::Retry { error, at } => {
-            tracing::info!(image = job.id, request_id = %job.request_id, %error, retry_at = %at, "image will be retried")
+        JobOutcome::Retry { failure: f, at } => {
+            tracing::info!(image = job.id, request_id = %job.request_id, error = %f.message, error_code = %f.code, retry_at = %at, "image will be retried")
         }
     }
 }
@@ -53,8 +52,8 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
         .await
     {
         Ok(b) => b,
-        Err(FetchError::Permanent(error)) => return JobOutcome::Failed { error },
-        Err(FetchError::Transient(error)) => return retry_or_fail(ctx, job, error),
+        Err(e) if e.is_transient() => return retry_or_fail(ctx, job, e.into()),
+        Err(e) => return JobOutcome::Failed(e.into()),
     };
     let bytes_in = bytes.len() as i64;
     let opts = CompressOptions {
@@ -64,10 +63,10 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
     // Memory before the core, always in this order: a job holding a core never waits for
     // anything, so the two can never deadlock.
     let Some(buffers) = ctx.decode_memory.reserve(working_memory(&bytes)).await else {
-        return retry_or_fail(ctx, job, "shutting down".into());
+        return retry_or_fail(ctx, job, shutting_down());
     };
     let Ok(permit) = ctx.cpu.clone().acquire_owned().await else {
-        return retry_or_fail(ctx, job, "shutting down".into());
+        return retry_or_fail(ctx, job, shutting_down());
     };
     // The permits live as long as the blocking thread, not this future: a decode that outlives
     // its time limit still holds its core and its memory until it ends, so neither budget is
@@ -81,23 +80,21 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
     let limit = ctx.config.limits.decode_timeout;
     let c = match tokio::time::timeout(limit, work).await {
         Ok(Ok(Ok(c))) => c,
-        Ok(Ok(Err(e))) => {
-            return JobOutcome::Failed {
-                error: e.to_string(),
-            }
-        }
+        Ok(Ok(Err(e))) => return JobOutcome::Failed(Failure::new(e.code(), e.to_string())),
         Ok(Err(e)) => {
-            return JobOutcome::Failed {
-                error: format!("decoder crashed: {e}"),
-            }
+            return JobOutcome::Failed(Failure::new(
+                ErrorCode::Undecodable,
+                format!("decoder crashed: {e}"),
+            ))
         }
         Err(_) => {
-            return JobOutcome::Failed {
-                error: format!(
+            return JobOutcome::Failed(Failure::new(
+                ErrorCode::DecodeTimeout,
+                format!(
                     "decoding and encoding took longer than the limit of {}",
                     humantime::format_duration(limit)
                 ),
-            }
+            ))
         }
     };
     let key = ctx.storage.output_key(job.request_id, job.ordinal);
@@ -115,16 +112,33 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
             width: width.into(),
             height: height.into(),
         }),
-        Err(e) => retry_or_fail(ctx, job, format!("could not store the output: {e}")),
+        Err(e) => retry_or_fail(
+            ctx,
+            job,
+            Failure::new(
+                ErrorCode::StorageFailed,
+                format!("could not store the output: {e}"),
+            ),
+        ),
     }
 }
 
-fn retry_or_fail(ctx: &Ctx, job: &ImageJob, error: String) -> JobOutcome {
+fn shutting_down() -> Failure {
+    Failure::new(ErrorCode::Interrupted, "shutting down")
+}
+
+/// A transient failure is tried again after a backoff, until the attempts run out; the last
+/// one fails for good with the same kind.
+fn retry_or_fail(ctx: &Ctx, job: &ImageJob, failure: Failure) -> JobOutcome {
     let max = ctx.config.workers.max_attempts as i64;
     if job.attempts >= max {
-        return JobOutcome::Failed {
-            error: format!("{error} (gave up after {} attempts)", job.attempts),
-        };
+        return JobOutcome::Failed(Failure::new(
+            failure.code,
+            format!(
+                "{} (gave up after {} attempts)",
+                failure.message, job.attempts
+            ),
+        ));
     }
     let delay = backoff(
         ctx.config.workers.retry_base,
@@ -132,7 +146,7 @@ fn retry_or_fail(ctx: &Ctx, job: &ImageJob, error: String) -> JobOutcome {
         Duration::from_secs(600),
     );
     let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-    JobOutcome::Retry { error, at }
+    JobOutcome::Retry { failure, at }
 }
 
 /// Records the outcome, riding out a database outage for as long as it lasts: this process
@@ -140,7 +154,7 @@ fn retry_or_fail(ctx: &Ctx, job: &ImageJob, error: String) -> JobOutcome {
 /// shutdown aborts the wait and hands the job back; recording it again later is idempotent.
 async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) {
     for attempt in 1u32.. {
-        match ctx.store.settle_image(job, &ctx.worker_id, outcome).await {
+        match ctx.core.settle_image(job, &ctx.worker_id, outcome).await {
             Ok(s) => {
                 if !s.recorded {
                     tracing::warn!(
@@ -150,7 +164,6 @@ async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) {
                 }
                 if let Some(status) = s.request_finished {
                     tracing::info!(request_id = %job.request_id, %status, "request finished");
-                    ctx.webhooks_due.notify();
                 }
                 return;
             }
@@ -164,5 +177,22 @@ async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) {
                 .await;
             }
         }
+    }
+}
+
+// TEMPORARY until the fetch/codec error-code branch is merged.
+impl crate::fetch::FetchError {
+    fn is_transient(&self) -> bool {
+        matches!(self, crate::fetch::FetchError::Transient(_))
+    }
+}
+impl From<crate::fetch::FetchError> for Failure {
+    fn from(e: crate::fetch::FetchError) -> Self {
+        Failure::new(ErrorCode::HttpError, e.to_string())
+    }
+}
+impl crate::compress::CompressError {
+    fn code(&self) -> ErrorCode {
+        ErrorCode::Undecodable
     }
 }

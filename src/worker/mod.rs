@@ -10,44 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::core::Core;
 use crate::fetch::Fetcher;
 use crate::memory::MemoryBudget;
 use crate::storage::Storage;
-use crate::store::Store;
 
 pub use retry::backoff;
 
-/// Wakes the dispatcher when new work may be there (after an upload, or a NOTIFY from
-/// another process), so nothing waits for the next poll.
-#[derive(Clone, Default)]
-pub struct Wakeup(Arc<Notify>);
-
-impl Wakeup {
-    pub fn notify(&self) {
-        // notify_one stores a permit when nobody waits, so a wake-up is never lost.
-        self.0.notify_one();
-    }
-
-    async fn wait(&self) {
-        self.0.notified().await
-    }
-}
-
-/// The two wake-up signals: new image jobs, and webhook deliveries due.
-#[derive(Clone, Default)]
-pub struct Wakeups {
-    pub jobs: Wakeup,
-    pub webhooks: Wakeup,
-}
-
 /// Everything a job needs.
 pub(crate) struct Ctx {
-    pub store: Store,
+    pub core: Core,
     pub storage: Storage,
     pub fetcher: Fetcher,
     pub config: Arc<Config>,
@@ -59,32 +36,25 @@ pub(crate) struct Ctx {
     pub decode_memory: MemoryBudget,
     /// This process's name in `locked_by`.
     pub worker_id: String,
-    /// Wakes the webhook deliverer when a request finishes.
-    pub webhooks_due: Wakeup,
 }
 
 pub struct WorkerPool {
     shutdown: CancellationToken,
     dispatcher: tokio::task::JoinHandle<()>,
-    /// Lease keeping and LISTEN: stopped once the dispatcher is done.
+    /// Lease keeping, webhook delivery and LISTEN: stopped once the dispatcher is done.
     background: JoinSet<()>,
     ctx: Arc<Ctx>,
 }
 
 impl WorkerPool {
     pub fn start(
-        store: Store,
+        core: Core,
         storage: Storage,
         fetcher: Fetcher,
         sender: crate::webhook::Sender,
         config: Arc<Config>,
-        wakeups: Wakeups,
         shutdown: CancellationToken,
     ) -> Self {
-        let Wakeups {
-            jobs: wakeup,
-            webhooks: webhooks_due,
-        } = wakeups;
         let worker_id = format!(
             "{}-{}-{}",
             hostname(),
@@ -98,29 +68,18 @@ impl WorkerPool {
             decode_memory: MemoryBudget::new(
                 config.workers.memory_budget - config.workers.memory_budget / 4,
             ),
-            store,
+            core,
             storage,
             fetcher,
             config,
             worker_id,
-            webhooks_due,
         });
-        let dispatcher = tokio::spawn(dispatch(ctx.clone(), wakeup.clone(), shutdown.clone()));
+        let dispatcher = tokio::spawn(dispatch(ctx.clone(), shutdown.clone()));
         let mut background = JoinSet::new();
         background.spawn(keep_leases(ctx.clone(), shutdown.clone()));
-        background.spawn(webhooks::deliver(
-            ctx.clone(),
-            sender,
-            ctx.webhooks_due.clone(),
-            shutdown.clone(),
-        ));
-        if let crate::store::Store::Postgres(pg) = &ctx.store {
-            background.spawn(listen(
-                pg.pool().clone(),
-                vec![wakeup, ctx.webhooks_due.clone()],
-                shutdown.clone(),
-            ));
-        }
+        background.spawn(webhooks::deliver(ctx.clone(), sender, shutdown.clone()));
+        let (core, until) = (ctx.core.clone(), shutdown.clone());
+        background.spawn(async move { core.listen(until).await });
         Self {
             shutdown,
             dispatcher,
@@ -146,7 +105,7 @@ impl WorkerPool {
         }
         self.background.abort_all();
         while self.background.join_next().await.is_some() {}
-        match self.ctx.store.release(&self.ctx.worker_id).await {
+        match self.ctx.core.release(&self.ctx.worker_id).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(released = n, "released unfinished jobs"),
             Err(e) => {
@@ -165,7 +124,8 @@ fn hostname() -> String {
 
 /// Claims as many jobs as there are free slots, runs each in its own task, and sleeps when the
 /// queue is empty until a wake-up, the next scheduled retry, or the poll interval.
-async fn dispatch(ctx: Arc<Ctx>, wakeup: Wakeup, shutdown: CancellationToken) {
+async fn dispatch(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let wakeup = ctx.core.wakeups().jobs.clone();
     let slots = Arc::new(Semaphore::new(ctx.config.workers.workers));
     let mut running = JoinSet::new();
     let poll = ctx.config.workers.poll_interval;
@@ -178,7 +138,7 @@ async fn dispatch(ctx: Arc<Ctx>, wakeup: Wakeup, shutdown: CancellationToken) {
         };
         let free = slots.available_permits() + 1;
         let jobs = match ctx
-            .store
+            .core
             .claim_images(&ctx.worker_id, free, ctx.config.workers.lease)
             .await
         {
@@ -226,7 +186,7 @@ async fn dispatch(ctx: Arc<Ctx>, wakeup: Wakeup, shutdown: CancellationToken) {
         while running.try_join_next().is_some() {}
         if claimed < free {
             // Queue drained for now: sleep until something may be runnable.
-            let until_next = match ctx.store.next_runnable_at().await {
+            let until_next = match ctx.core.next_runnable_at().await {
                 Ok(Some(t)) => (t - Utc::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
@@ -257,58 +217,21 @@ async fn keep_leases(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                 // Keep renewing until in-flight jobs are done; stop() aborts us after that.
                 loop {
                     tokio::time::sleep(every).await;
-                    let _ = ctx.store.heartbeat(&ctx.worker_id, lease).await;
+                    let _ = ctx.core.heartbeat(&ctx.worker_id, lease).await;
                 }
             }
             _ = tick.tick() => {}
         }
-        if let Err(e) = ctx.store.heartbeat(&ctx.worker_id, lease).await {
+        if let Err(e) = ctx.core.heartbeat(&ctx.worker_id, lease).await {
             tracing::warn!(error = %e, "lease heartbeat failed");
         }
-        match ctx.store.reclaim_expired().await {
+        match ctx.core.reclaim_expired().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 reclaimed = n,
                 "returned jobs of a stopped worker to the queue"
             ),
             Err(e) => tracing::warn!(error = %e, "cannot reclaim expired leases"),
-        }
-    }
-}
-
-pub const NOTIFY_CHANNEL: &str = "imgbatch_jobs";
-
-/// Postgres only: wakes this process when another one stores new work.
-async fn listen(pool: sqlx::PgPool, wakeups: Vec<Wakeup>, shutdown: CancellationToken) {
-    loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot LISTEN; relying on polling");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                }
-            }
-        };
-        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
-            tracing::warn!(error = %e, "cannot LISTEN; relying on polling");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-            }
-        }
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = listener.recv() => match n {
-                    Ok(_) => wakeups.iter().for_each(Wakeup::notify),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
-                        break;
-                    }
-                }
-            }
         }
     }
 }

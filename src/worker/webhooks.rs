@@ -9,21 +9,17 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, Wakeup};
+use super::Ctx;
 use crate::config::Schedule;
+use crate::core::{AttemptNext, AttemptRecord, DeliveryJob};
 use crate::report::StatusBody;
-use crate::store::{AttemptNext, AttemptRecord, DeliveryJob};
 use crate::webhook::{SendOutcome, Sender};
 
 /// Deliveries in flight at once, so one slow receiver does not hold up the others.
 const CONCURRENT_DELIVERIES: usize = 16;
 
-pub(crate) async fn deliver(
-    ctx: Arc<Ctx>,
-    sender: Sender,
-    wakeup: Wakeup,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn deliver(ctx: Arc<Ctx>, sender: Sender, shutdown: CancellationToken) {
+    let wakeup = ctx.core.wakeups().webhooks.clone();
     let mut running: JoinSet<()> = JoinSet::new();
     let poll = ctx.config.workers.poll_interval;
     loop {
@@ -35,11 +31,7 @@ pub(crate) async fn deliver(
             // Not renewed by the heartbeat: an attempt is bounded by the webhook timeout, so a
             // lease longer than that lapses by itself if anything goes wrong mid-attempt.
             let lease = ctx.config.limits.webhook_timeout + ctx.config.workers.lease;
-            match ctx
-                .store
-                .claim_deliveries(&ctx.worker_id, free, lease)
-                .await
-            {
+            match ctx.core.claim_deliveries(&ctx.worker_id, free, lease).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim webhook deliveries");
@@ -112,7 +104,7 @@ async fn attempt(ctx: &Ctx, sender: &Sender, job: DeliveryJob) {
         duration_ms: took.as_millis() as i64,
     };
     match ctx
-        .store
+        .core
         .record_attempt(&job, &ctx.worker_id, &record, next)
         .await
     {
@@ -132,7 +124,7 @@ async fn attempt(ctx: &Ctx, sender: &Sender, job: DeliveryJob) {
 /// `{"type": "request.completed", "timestamp": …, "data": <status body>}`, built once.
 async fn build_payload(ctx: &Ctx, job: &DeliveryJob) -> anyhow::Result<String> {
     let detail = ctx
-        .store
+        .core
         .request_detail(job.request_id, &job.owner)
         .await?
         .ok_or_else(|| anyhow::anyhow!("request {} is gone", job.request_id))?;
@@ -142,7 +134,7 @@ async fn build_payload(ctx: &Ctx, job: &DeliveryJob) -> anyhow::Result<String> {
         "data": StatusBody::build(detail),
     });
     let payload = serde_json::to_string(&body)?;
-    ctx.store.set_delivery_payload(job.id, &payload).await?;
+    ctx.core.set_delivery_payload(job.id, &payload).await?;
     Ok(payload)
 }
 

@@ -195,7 +195,7 @@ db_test!(hostile_csvs_are_refused_precisely_and_store_nothing, |db| {
     }
 
     // None of it was stored.
-    assert_eq!(app.store().count_requests().await.unwrap(), 0);
+    assert_eq!(app.core().count_requests().await.unwrap(), 0);
 
     // The same 10 MB line over a 1 MiB upload limit: refused while streaming. The service
     // answers 413 as soon as the limit passes and closes the connection without reading the
@@ -228,7 +228,7 @@ db_test!(hostile_csvs_are_refused_precisely_and_store_nothing, |db| {
         }
         Err(e) => assert!(!e.is_timeout(), "{e:?}"),
     }
-    assert_eq!(app.store().count_requests().await.unwrap(), 0);
+    assert_eq!(app.core().count_requests().await.unwrap(), 0);
     assert_healthy(&app).await;
 });
 
@@ -613,7 +613,7 @@ db_test!(api_keys_authenticate_and_isolate_owners, |db| {
         msg["message"].as_str().unwrap().contains("API key"),
         "{msg}"
     );
-    assert_eq!(app.store().count_requests().await.unwrap(), 0);
+    assert_eq!(app.core().count_requests().await.unwrap(), 0);
 
     // key-a uploads; only key-a can see it.
     let (code, resp) = app

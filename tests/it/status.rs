@@ -118,8 +118,11 @@ db_test!(a_large_status_is_streamed_and_is_the_same_body, |db| {
 
     // Byte for byte the body built in memory from the same rows...
     let detail = app
-        .store()
-        .request_detail(RequestId::parse(&id).unwrap(), "")
+        .core()
+        .request_detail(
+            RequestId::parse(&id).unwrap(),
+            &imgbatch::domain::Owner::open(),
+        )
         .await
         .unwrap()
         .unwrap();

@@ -22,7 +22,7 @@ type Expected = (i64, &'static str, Vec<&'static str>);
 type ErrorAt = (u64, Option<&'static str>);
 
 async fn count_rows(app: &TestApp) -> i64 {
-    app.store().count_requests().await.unwrap()
+    app.core().count_requests().await.unwrap()
 }
 
 db_test!(accepts_every_csv_form, |db| {

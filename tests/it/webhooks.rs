@@ -139,7 +139,7 @@ db_test!(
         }
         assert_eq!(status["webhook"]["attempts"], 4);
         let attempts = app
-            .store()
+            .core()
             .webhook_attempts(imgbatch::domain::RequestId::parse(&id).unwrap())
             .await
             .unwrap();
@@ -255,13 +255,13 @@ db_test!(the_generated_secret_is_kept_in_the_database, |db| {
     let mut c = db.config();
     c.webhook_secret = None;
     let mut app = TestApp::start(c).await;
-    let first = imgbatch::webhook_secret(app.store(), &db.config())
+    let first = imgbatch::webhook_secret(app.core(), &db.config())
         .await
         .unwrap();
     assert!(first.starts_with("whsec_"));
     app.stop().await;
     let app = TestApp::start(db.config()).await;
-    let second = imgbatch::webhook_secret(app.store(), &db.config())
+    let second = imgbatch::webhook_secret(app.core(), &db.config())
         .await
         .unwrap();
     assert_eq!(first, second);

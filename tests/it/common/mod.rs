@@ -204,8 +204,8 @@ impl TestApp {
         }
     }
 
-    pub fn store(&self) -> &imgbatch::store::Store {
-        &self.server.as_ref().unwrap().store
+    pub fn core(&self) -> &imgbatch::core::Core {
+        &self.server.as_ref().unwrap().core
     }
 
     /// Uploads a CSV; returns status and JSON body.

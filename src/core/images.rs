@@ -1,0 +1,138 @@
+//! The image queue's rules: claims and what they start, and settling an outcome: the image's
+//! fields, its duplicates, the roll-up to products and the request, and the webhook that a
+//! finished request queues, all in one transaction.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{commit, lease_until, JobOutcome, Settled};
+use crate::domain::Status;
+use crate::store::backend::Backend;
+use crate::store::{Delta, ImageJob, ImageResult, StoreResult};
+
+pub(super) async fn claim<B: Backend>(
+    b: &B,
+    worker: &str,
+    limit: usize,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<ImageJob>> {
+    let mut tx = b.begin().await?;
+    let mut jobs = b
+        .claim_images(&mut *tx, worker, limit as i64, lease_until(now, lease), now)
+        .await?;
+    // In CSV order, whatever order the claim statement returned them in.
+    jobs.sort_by_key(|j| (j.ordinal, j.id));
+    if !jobs.is_empty() {
+        let mut products: Vec<i64> = jobs.iter().map(|j| j.product_id).collect();
+        products.dedup();
+        let mut requests: Vec<_> = jobs.iter().map(|j| j.request_id).collect();
+        requests.dedup();
+        b.start_products(&mut *tx, &products, now).await?;
+        b.start_requests(&mut *tx, &requests, now).await?;
+    }
+    commit::<B>(tx).await?;
+    Ok(jobs)
+}
+
+/// The outcome's final fields and what it adds to its groups' counts; `None` for a retry.
+fn result_of(outcome: &JobOutcome) -> Option<(ImageResult<'_>, Delta)> {
+    match outcome {
+        JobOutcome::Completed(output) => Some((
+            ImageResult {
+                status: Status::Completed,
+                output: Some(output),
+                failure: None,
+            },
+            Delta {
+                completed: 1,
+                failed: 0,
+            },
+        )),
+        JobOutcome::Failed(failure) => Some((
+            ImageResult {
+                status: Status::Failed,
+                output: None,
+                failure: Some(failure),
+            },
+            Delta {
+                completed: 0,
+                failed: 1,
+            },
+        )),
+        JobOutcome::Retry { .. } => None,
+    }
+}
+
+/// Settles a job `worker` holds. Also says whether a webhook delivery was queued.
+pub(super) async fn settle<B: Backend>(
+    b: &B,
+    job: &ImageJob,
+    worker: &str,
+    outcome: &JobOutcome,
+    now: DateTime<Utc>,
+) -> StoreResult<(Settled, bool)> {
+    let mut tx = b.begin().await?;
+    let Some((result, delta)) = result_of(outcome) else {
+        let JobOutcome::Retry { failure, at } = outcome else {
+            unreachable!("result_of is None only for a retry")
+        };
+        let recorded = b
+            .requeue_image(&mut *tx, job, worker, failure, *at, now)
+            .await?;
+        commit::<B>(tx).await?;
+        let settled = Settled {
+            recorded,
+            request_finished: None,
+        };
+        return Ok((settled, false));
+    };
+    if !b.finish_image(&mut *tx, job, worker, result, now).await? {
+        // Not ours any more (lease lost and reclaimed, or recorded already): change nothing.
+        return Ok((Settled::default(), false));
+    }
+    // Duplicates wait for their original and take its result.
+    let duplicate_products = b.finish_duplicates(&mut *tx, job.id, result, now).await?;
+
+    // Ordered by id (BTreeMap), so concurrent settlements lock products in one order.
+    let mut per_product: BTreeMap<i64, Delta> = BTreeMap::new();
+    for pid in std::iter::once(job.product_id).chain(duplicate_products) {
+        let d = per_product.entry(pid).or_default();
+        d.completed += delta.completed;
+        d.failed += delta.failed;
+    }
+    let mut total = Delta::default();
+    for (&pid, &d) in &per_product {
+        total.completed += d.completed;
+        total.failed += d.failed;
+        let status = b.add_to_product(&mut *tx, pid, d, now).await?.status();
+        if status.is_final() {
+            let outputs = b.product_outputs(&mut *tx, pid).await?;
+            let outputs = serde_json::to_string(&outputs).unwrap_or_default();
+            b.finish_product(&mut *tx, pid, status, &outputs).await?;
+        }
+    }
+    let (counts, webhook_url) = b
+        .add_to_request(&mut *tx, job.request_id, total, now)
+        .await?;
+    let status = counts.status();
+    let mut delivery_queued = false;
+    if status.is_final() {
+        b.finish_request(&mut *tx, job.request_id, status).await?;
+        // Queued in the same transaction as the final roll-up: never lost, never doubled.
+        if let Some(url) = webhook_url {
+            b.queue_delivery(&mut *tx, job.request_id, &url, now)
+                .await?;
+            b.notify_others(&mut *tx).await?;
+            delivery_queued = true;
+        }
+    }
+    commit::<B>(tx).await?;
+    let settled = Settled {
+        recorded: true,
+        request_finished: status.is_final().then_some(status),
+    };
+    Ok((settled, delivery_queued))
+}

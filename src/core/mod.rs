@@ -1,0 +1,319 @@
+//! The core: the rules of the request lifecycle and of both queues (image jobs, webhook
+//! deliveries), written once over the store's backend interface. The api and the worker speak
+//! to [`Core`], never to a backend; a backend runs the statements the core chooses.
+//!
+//! Every operation that uses a transaction runs on a task of its own, so a caller that goes
+//! away (a client hanging up drops its handler's future; shutdown aborts a job) cannot cancel it
+//! half-way: sqlx 0.8 can hand such a connection back to the pool with the transaction still
+//! open (sqlx issues #4385, #4393), breaking whoever gets it next.
+
+mod deliveries;
+mod images;
+mod requests;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Owner, RequestId, Status};
+use crate::failure::Failure;
+use crate::store::backend::Backend;
+use crate::store::Db;
+pub use crate::store::{
+    AttemptRecord, DeliveryJob, DeliveryState, ImageJob, ImageOutput, ImageRow, NewRequest,
+    ProductRow, RequestDetail, RequestHead, RequestRow, RequestVersion, StoreError, StoreResult,
+    Wakeup, Wakeups, WebhookRow,
+};
+pub use requests::ReadSnapshot;
+
+/// What storing an upload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created(RequestId),
+    /// The idempotency key was seen before with the same upload: the first request's ID.
+    Replayed(RequestId),
+    /// The idempotency key was seen before with a different upload.
+    KeyReused,
+}
+
+/// What became of one attempt at an image.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    Completed(ImageOutput),
+    /// Final: not retried.
+    Failed(Failure),
+    /// Transient: tried again at `at`.
+    Retry {
+        failure: Failure,
+        at: DateTime<Utc>,
+    },
+}
+
+/// What settling an image changed, for logs, metrics and wake-ups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// False when the job was no longer ours (lease lost, or recorded already): nothing changed.
+    pub recorded: bool,
+    /// Set when this settlement finished the whole request.
+    pub request_finished: Option<Status>,
+}
+
+/// What follows a webhook delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptNext {
+    Delivered,
+    Retry(DateTime<Utc>),
+    Failed,
+}
+
+/// The answer to a manual retry of a webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookRetry {
+    Queued,
+    /// The request has no webhook target, or has not finished yet.
+    NoDelivery,
+    /// Only failed deliveries can be sent again.
+    NotFailed(DeliveryState),
+}
+
+/// The service's durable state and its rules: one handle, cheap to clone.
+#[derive(Clone)]
+pub struct Core {
+    db: Db,
+    wakeups: Wakeups,
+}
+
+/// Runs `$e` with `$b` bound to the backend.
+macro_rules! on_backend {
+    ($db:expr, $b:ident => $e:expr) => {
+        match $db {
+            Db::Sqlite($b) => $e,
+            Db::Postgres($b) => $e,
+        }
+    };
+}
+
+/// Runs `$e` with `$b` bound to the backend, on a task of its own (see the module's doc).
+macro_rules! detached {
+    ($self:ident, $b:ident => $e:expr) => {{
+        let db = $self.db.clone();
+        tokio::spawn(async move { on_backend!(&db, $b => $e) })
+            .await
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("store task failed: {e}")))?
+    }};
+}
+
+fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60))
+}
+
+impl Core {
+    /// Opens the database named by the URL's scheme (and creates a SQLite file and its folder).
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        Ok(Self {
+            db: Db::connect(url).await?,
+            wakeups: Wakeups::default(),
+        })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.db.name()
+    }
+
+    pub async fn migrate(&self) -> StoreResult<()> {
+        self.db.migrate().await
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.db.ping().await
+    }
+
+    /// The signals that wake this process's loops: new image jobs (after an upload here, or
+    /// in another process on the same database) and webhook deliveries due.
+    pub fn wakeups(&self) -> &Wakeups {
+        &self.wakeups
+    }
+
+    /// Relays other processes' wake-ups to [`Core::wakeups`] until `shutdown`.
+    pub async fn listen(&self, shutdown: CancellationToken) {
+        self.db.listen(self.wakeups.clone(), shutdown).await
+    }
+
+    // --- Requests ---
+
+    /// Stores an upload in one transaction (or finds the request its idempotency key made),
+    /// and wakes the workers.
+    pub async fn create_request(&self, new: NewRequest) -> StoreResult<CreateOutcome> {
+        let outcome = detached!(self, b => requests::create(b, &new, Utc::now()).await)?;
+        if matches!(outcome, CreateOutcome::Created(_)) {
+            self.wakeups.jobs.notify();
+        }
+        Ok(outcome)
+    }
+
+    /// Everything the status body shows, in one snapshot, if the request exists and belongs
+    /// to `owner`.
+    pub async fn request_detail(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<RequestDetail>> {
+        let owner = owner.clone();
+        detached!(self, b => requests::detail(b, id, &owner).await)
+    }
+
+    /// The version of a request and its number of images (see [`RequestHead`]), if it exists
+    /// and belongs to `owner`, in one query.
+    pub async fn request_head(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<RequestHead>> {
+        on_backend!(&self.db, b => b.request_head(id, owner).await)
+    }
+
+    /// Opens a read-only snapshot for reading a large request a page at a time.
+    pub async fn read_snapshot(&self) -> StoreResult<ReadSnapshot> {
+        ReadSnapshot::begin(&self.db).await
+    }
+
+    /// How many requests are stored (all owners).
+    pub async fn count_requests(&self) -> StoreResult<i64> {
+        on_backend!(&self.db, b => b.count_requests().await)
+    }
+
+    // --- The image queue ---
+
+    /// Leases up to `limit` runnable image jobs to `worker` for `lease`, and marks their
+    /// products and requests as started.
+    pub async fn claim_images(
+        &self,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<ImageJob>> {
+        let worker = worker.to_string();
+        detached!(self, b => images::claim(b, &worker, limit, lease, Utc::now()).await)
+    }
+
+    /// Extends the lease of every job `worker` holds.
+    pub async fn heartbeat(&self, worker: &str, lease: Duration) -> StoreResult<u64> {
+        let until = lease_until(Utc::now(), lease);
+        on_backend!(&self.db, b => b.renew_images(worker, until).await)
+    }
+
+    /// Hands back every image job and webhook delivery `worker` holds, as if never claimed
+    /// (graceful shutdown). The number of image jobs.
+    pub async fn release(&self, worker: &str) -> StoreResult<u64> {
+        on_backend!(&self.db, b => {
+            let n = b.release_images(worker, Utc::now()).await?;
+            b.release_deliveries(worker).await?;
+            Ok(n)
+        })
+    }
+
+    /// Makes image jobs whose lease ran out (their process died) claimable again.
+    pub async fn reclaim_expired(&self) -> StoreResult<u64> {
+        on_backend!(&self.db, b => b.reclaim_images(Utc::now()).await)
+    }
+
+    /// Records the outcome of a job held by `worker`, and rolls it up to its product and
+    /// request, in one transaction. Recording the same job twice changes nothing. Wakes the
+    /// webhook deliverer when this finished a request that has a webhook.
+    pub async fn settle_image(
+        &self,
+        job: &ImageJob,
+        worker: &str,
+        outcome: &JobOutcome,
+    ) -> StoreResult<Settled> {
+        let (job, worker, outcome) = (job.clone(), worker.to_string(), outcome.clone());
+        let (settled, delivery_queued) =
+            detached!(self, b => images::settle(b, &job, &worker, &outcome, Utc::now()).await)?;
+        if delivery_queued {
+            self.wakeups.webhooks.notify();
+        }
+        Ok(settled)
+    }
+
+    /// Image jobs waiting and running, across all processes: (pending, processing).
+    pub async fn queue_depth(&self) -> StoreResult<(i64, i64)> {
+        on_backend!(&self.db, b => b.queue_depth().await)
+    }
+
+    /// Earliest time a pending job becomes runnable, to sleep exactly until then.
+    pub async fn next_runnable_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        on_backend!(&self.db, b => b.next_runnable_at().await)
+    }
+
+    // --- Webhook deliveries ---
+
+    /// Leases due webhook deliveries to `worker`.
+    pub async fn claim_deliveries(
+        &self,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<DeliveryJob>> {
+        let now = Utc::now();
+        on_backend!(&self.db, b => b.claim_deliveries(worker, limit as i64, lease_until(now, lease), now).await)
+    }
+
+    /// Keeps the body of a delivery, so retries send the same bytes.
+    pub async fn set_delivery_payload(&self, id: uuid::Uuid, payload: &str) -> StoreResult<()> {
+        on_backend!(&self.db, b => b.set_delivery_payload(id, payload).await)
+    }
+
+    /// Records one attempt and what follows it. False if the delivery was no longer ours.
+    pub async fn record_attempt(
+        &self,
+        job: &DeliveryJob,
+        worker: &str,
+        attempt: &AttemptRecord,
+        next: AttemptNext,
+    ) -> StoreResult<bool> {
+        let (job, worker, attempt) = (job.clone(), worker.to_string(), attempt.clone());
+        detached!(self, b => deliveries::record_attempt(b, &job, &worker, &attempt, next).await)
+    }
+
+    /// Queues a failed delivery again, with a fresh schedule. `None` if the request does not
+    /// exist or is not `owner`'s.
+    pub async fn retry_webhook(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<WebhookRetry>> {
+        let owner = owner.clone();
+        let retry = detached!(self, b => deliveries::retry(b, id, &owner, Utc::now()).await)?;
+        if retry == Some(WebhookRetry::Queued) {
+            self.wakeups.webhooks.notify();
+        }
+        Ok(retry)
+    }
+
+    /// The recorded attempts of a request's delivery: (status code, error), oldest first.
+    pub async fn webhook_attempts(
+        &self,
+        id: RequestId,
+    ) -> StoreResult<Vec<(Option<i64>, Option<String>)>> {
+        on_backend!(&self.db, b => b.webhook_attempts(id).await)
+    }
+
+    // --- Settings ---
+
+    /// The stored value of a setting, storing `default` first if there is none yet. Used for
+    /// secrets generated once, the same for every process and every restart.
+    pub async fn setting_or_insert(&self, key: &str, default: &str) -> StoreResult<String> {
+        on_backend!(&self.db, b => {
+            b.insert_setting_if_absent(key, default).await?;
+            b.setting(key).await
+        })
+    }
+}
+
+/// Commits, or says why not.
+async fn commit<B: Backend>(tx: crate::store::backend::Tx<B>) -> StoreResult<()> {
+    tx.commit().await?;
+    Ok(())
+}
