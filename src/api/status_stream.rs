@@ -24,18 +24,6 @@ use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult};
 use crate::report::{StatusRows, StatusStream};
 
-/// Requests with more images than this have their status streamed (the default of
-/// `IMGBATCH_STATUS_STREAM_THRESHOLD`). Below it the body is built in memory: that is faster
-/// (three reads, not three per 500 rows and a second pass over the images; measured on SQLite,
-/// release build, wrk -c4 on pending requests: 300 images 230 vs 181 req/s, 1,000 images 74 vs
-/// 56, 2,000 images 37 vs 29), the body is under about 0.5 MB and the rows behind it a few MB,
-/// and a finished request's body is cached, so clients polling small requests (the status
-/// benchmark) keep today's path untouched. Above it, memory per poll grows with the request
-/// (a 30,000-image poll peaks at +33 MiB on Postgres and +77 to +113 MiB on SQLite built in
-/// memory, +2 to +5 MiB streamed), and the streamed path's extra cost shrinks (6,000 images:
-/// 12.3 vs 11.2 req/s).
-pub const DEFAULT_THRESHOLD: u64 = 2_000;
-
 /// Rows read per query: 500 images are about 125 KB of JSON with 50-byte URLs (2 chunks), and a
 /// 30,000-image request takes about 140 queries. 1,000 and 2,000 measured no faster.
 pub const PAGE_ROWS: i64 = 500;

@@ -9,5 +9,6 @@ mod pipeline;
 mod scale;
 mod security;
 mod status;
+mod store_contract;
 mod upload;
 mod webhooks;

@@ -144,6 +144,10 @@ const FAST: [(&str, &str); 2] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "TEST_POSTGRES_URL is not set: no Postgres run"
+)]
 async fn three_processes_share_the_work_exactly_once() {
     let Some(db) = TestDb::postgres().await else {
         return;
@@ -198,6 +202,10 @@ async fn three_processes_share_the_work_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "TEST_POSTGRES_URL is not set: no Postgres run"
+)]
 async fn a_job_uploaded_through_one_process_is_claimed_by_another_at_once() {
     let Some(db) = TestDb::postgres().await else {
         return;
@@ -236,6 +244,10 @@ async fn a_job_uploaded_through_one_process_is_claimed_by_another_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "TEST_POSTGRES_URL is not set: no Postgres run"
+)]
 async fn when_one_of_three_is_killed_the_others_finish_its_jobs() {
     let Some(db) = TestDb::postgres().await else {
         return;
