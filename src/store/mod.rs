@@ -5,6 +5,7 @@
 //! (`tests/it/store_contract.rs`) runs the same cases on both.
 
 pub(crate) mod backend;
+mod pg_copy;
 mod postgres;
 pub(crate) mod rows;
 mod sqlite;
