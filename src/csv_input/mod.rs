@@ -34,6 +34,7 @@ use crate::domain::{ImageUrl, ProductName, SerialNumber};
 use header::{Column, Columns};
 use records::Records;
 use rows::check_row;
+pub use urls::{check_url, UrlError};
 
 /// Errors beyond this many are not collected: the client gets enough to see the pattern, and a
 /// hostile or badly broken file cannot make us build (and send) a huge error list.

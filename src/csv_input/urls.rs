@@ -62,70 +62,97 @@ pub(super) fn check_cells(
         match check_url(token, limits.max_url_len) {
             Ok(()) if ok => urls.push(ImageUrl(token.to_owned())),
             Ok(()) => {}
-            Err(message) => {
+            Err(error) => {
                 ok = false;
                 urls = Vec::new();
-                errors.push(CsvError::cell(line, Column::Urls, message));
+                errors.push(CsvError::cell(line, Column::Urls, error.to_string()));
             }
         }
     }
     ok.then_some(urls)
 }
 
-/// Checks one URL (already split out of its cell, so free of white space).
-fn check_url(token: &str, max_len: usize) -> Result<(), String> {
-    // Checked first, so that an enormous token costs no parsing.
-    if token.len() > max_len {
-        return Err(format!(
-            "the URL is too long: {} bytes, at most {max_len} are allowed: {}",
-            token.len(),
-            show(token)
-        ));
+/// Why a URL is refused. The text is the CSV's message, quoting (a shortened copy of) the
+/// URL; other callers, such as the webhook URL's, word their own from the variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("the URL is too long: {len} bytes, at most {max} are allowed: {shown}")]
+    TooLong {
+        len: usize,
+        max: usize,
+        shown: String,
+    },
+    #[error("the URL contains a control character: {shown}")]
+    ControlCharacter { shown: String },
+    #[error("not an absolute URL (it must start with http:// or https://): {shown}")]
+    NotAbsolute { shown: String },
+    #[error("not a valid URL ({error}): {shown}")]
+    Invalid {
+        error: url::ParseError,
+        shown: String,
+    },
+    #[error("the URL scheme \"{scheme}\" is not allowed, only http and https are: {shown}")]
+    Scheme { scheme: String, shown: String },
+    #[error("the URL has no host: {shown}")]
+    NoHost { shown: String },
+    /// `shown` is the URL without its credentials: the message may be shown and logged.
+    #[error("credentials in URLs are not allowed (remove the user:password@ part): {shown}")]
+    Credentials { shown: String },
+}
+
+/// The rules of every URL the service accepts from a client, image or webhook: an absolute
+/// http or https URL with a host, no credentials, no control characters, at most `max_len`
+/// bytes. The URL is kept as written, so it must not hold anything (white space, controls) that
+/// a parser would silently drop or rewrite.
+pub fn check_url(url: &str, max_len: usize) -> Result<(), UrlError> {
+    // Checked first, so that an enormous URL costs no parsing.
+    if url.len() > max_len {
+        return Err(UrlError::TooLong {
+            len: url.len(),
+            max: max_len,
+            shown: show(url),
+        });
     }
-    if token.chars().any(char::is_control) {
-        return Err(format!(
-            "the URL contains a control character: {}",
-            show(token)
-        ));
+    if url.chars().any(char::is_control) {
+        return Err(UrlError::ControlCharacter { shown: show(url) });
     }
-    if is_plain_http_url(token) {
+    if is_plain_http_url(url) {
         return Ok(());
     }
-    check_url_fully(token)
+    check_url_fully(url)
 }
 
 /// The checks of [`check_url`] that need the URL parsed.
-fn check_url_fully(token: &str) -> Result<(), String> {
+fn check_url_fully(token: &str) -> Result<(), UrlError> {
     let url = match Url::parse(token) {
         Ok(url) => url,
         Err(url::ParseError::RelativeUrlWithoutBase) => {
-            return Err(format!(
-                "not an absolute URL (it must start with http:// or https://): {}",
-                show(token)
-            ))
+            return Err(UrlError::NotAbsolute { shown: show(token) })
         }
-        Err(e) => return Err(format!("not a valid URL ({e}): {}", show(token))),
+        Err(error) => {
+            return Err(UrlError::Invalid {
+                error,
+                shown: show(token),
+            })
+        }
     };
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "the URL scheme \"{}\" is not allowed, only http and https are: {}",
-            url.scheme(),
-            show(token)
-        ));
+        return Err(UrlError::Scheme {
+            scheme: url.scheme().to_owned(),
+            shown: show(token),
+        });
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("the URL has no host: {}", show(token)));
+        return Err(UrlError::NoHost { shown: show(token) });
     }
     if !url.username().is_empty() || url.password().is_some() {
-        // Quote the URL without its credentials: the message may be shown and logged.
         let mut redacted = url;
         // Cannot fail: the URL has a host (checked above).
         let _ = redacted.set_username("");
         let _ = redacted.set_password(None);
-        return Err(format!(
-            "credentials in URLs are not allowed (remove the user:password@ part): {}",
-            show(redacted.as_str())
-        ));
+        return Err(UrlError::Credentials {
+            shown: show(redacted.as_str()),
+        });
     }
     Ok(())
 }
