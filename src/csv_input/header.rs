@@ -209,7 +209,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("header {name:?}: {e:#?}"));
             assert_eq!(
                 products[0].serial_number,
-                SerialNumber(7),
+                SerialNumber::new(7).unwrap(),
                 "header {name:?}"
             );
         }
@@ -228,7 +228,11 @@ mod tests {
                 "S. No.,{name},Input Image Urls\n1,Widget,https://a.example/x.jpg\n"
             ))
             .unwrap_or_else(|e| panic!("header {name:?}: {e:#?}"));
-            assert_eq!(products[0].product_name.0, "Widget", "header {name:?}");
+            assert_eq!(
+                products[0].product_name.as_str(),
+                "Widget",
+                "header {name:?}"
+            );
         }
     }
 
@@ -264,8 +268,8 @@ mod tests {
     fn columns_in_any_order_and_unknown_columns_ignored() {
         let products = ok("Notes,Input Image Urls,Price,Product Name,S. No.\n\
              hello,https://a.example/1.jpg,9.99,Widget,5\n");
-        assert_eq!(products[0].serial_number, SerialNumber(5));
-        assert_eq!(products[0].product_name.0, "Widget");
+        assert_eq!(products[0].serial_number, SerialNumber::new(5).unwrap());
+        assert_eq!(products[0].product_name.as_str(), "Widget");
         assert_eq!(urls(&products[0]), ["https://a.example/1.jpg"]);
     }
 

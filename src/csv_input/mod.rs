@@ -34,6 +34,8 @@ use crate::domain::{ImageUrl, ProductName, SerialNumber};
 use header::{Column, Columns};
 use records::Records;
 use rows::check_row;
+pub(crate) use rows::{check_name, parse_serial};
+pub use rows::{ProductNameError, SerialNumberError};
 pub use urls::{check_url, UrlError};
 
 /// Errors beyond this many are not collected: the client gets enough to see the pattern, and a
@@ -150,7 +152,7 @@ pub fn parse_csv(bytes: &[u8], limits: &CsvLimits) -> Result<Vec<ParsedProduct>,
     };
 
     let mut products = Vec::new();
-    let mut seen_serials: HashMap<i64, u64> = HashMap::new();
+    let mut seen_serials = HashMap::new();
     let mut rows = 0usize;
     while !errors.is_full() {
         let Some(line) = records.next_non_blank(&mut errors) else {
@@ -246,15 +248,17 @@ mod tests {
             vec![
                 ParsedProduct {
                     line: 2,
-                    serial_number: SerialNumber(1),
-                    product_name: ProductName("SKU1".into()),
-                    input_urls: vec![ImageUrl("https://a.example/1.jpg".into())],
+                    serial_number: SerialNumber::new(1).unwrap(),
+                    product_name: ProductName::parse("SKU1").unwrap(),
+                    input_urls: vec![
+                        ImageUrl::parse("https://a.example/1.jpg", usize::MAX).unwrap()
+                    ],
                 },
                 ParsedProduct {
                     line: 3,
-                    serial_number: SerialNumber(2),
-                    product_name: ProductName("SKU2".into()),
-                    input_urls: vec![ImageUrl("http://b.example/2.png".into())],
+                    serial_number: SerialNumber::new(2).unwrap(),
+                    product_name: ProductName::parse("SKU2").unwrap(),
+                    input_urls: vec![ImageUrl::parse("http://b.example/2.png", usize::MAX).unwrap()],
                 },
             ]
         );
@@ -263,7 +267,7 @@ mod tests {
     #[test]
     fn byte_order_mark_is_stripped() {
         let products = ok(&format!("\u{feff}{HEADER}1,SKU1,https://a/1.jpg\n"));
-        assert_eq!(products[0].serial_number, SerialNumber(1));
+        assert_eq!(products[0].serial_number, SerialNumber::new(1).unwrap());
         assert_eq!(products[0].line, 2);
 
         // Left in place, the mark would make a quoted first cell unquoted (BOM and quotes
@@ -271,7 +275,7 @@ mod tests {
         let products = ok(
             "\u{feff}\"S. No.\",\"Product Name\",\"Input Image Urls\"\r\n1,SKU1,https://a/1.jpg\r\n",
         );
-        assert_eq!(products[0].serial_number, SerialNumber(1));
+        assert_eq!(products[0].serial_number, SerialNumber::new(1).unwrap());
     }
 
     #[test]
@@ -283,7 +287,10 @@ mod tests {
         let products = ok(&input);
         assert_eq!(products.len(), 10_000);
         assert_eq!(products[9_999].line, 10_001);
-        assert_eq!(products[9_999].serial_number, SerialNumber(10_000));
+        assert_eq!(
+            products[9_999].serial_number,
+            SerialNumber::new(10_000).unwrap()
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub(super) fn check_row(
     row: Row<'_>,
     columns: &Columns,
     limits: &CsvLimits,
-    seen_serials: &mut HashMap<i64, u64>,
+    seen_serials: &mut HashMap<SerialNumber, u64>,
     errors: &mut Errors,
 ) -> Option<ParsedProduct> {
     // The cells cannot be checked until they are text; one error a line is enough for the
@@ -62,7 +62,7 @@ pub(super) fn check_row(
         }
     }
 
-    let serial = match parse_serial(text(columns.serial)) {
+    let serial = match SerialNumber::parse(text(columns.serial)) {
         Ok(serial) => match seen_serials.get(&serial) {
             Some(&first_line) => {
                 ok = false;
@@ -77,21 +77,21 @@ pub(super) fn check_row(
             }
             None => {
                 seen_serials.insert(serial, line);
-                Some(SerialNumber(serial))
+                Some(serial)
             }
         },
-        Err(message) => {
+        Err(error) => {
             ok = false;
-            errors.push(CsvError::cell(line, Column::Serial, message));
+            errors.push(CsvError::cell(line, Column::Serial, error.to_string()));
             None
         }
     };
 
-    let name = match check_name(text(columns.name)) {
-        Ok(name) => Some(ProductName(name.to_owned())),
-        Err(message) => {
+    let name = match ProductName::parse(text(columns.name)) {
+        Ok(name) => Some(name),
+        Err(error) => {
             ok = false;
-            errors.push(CsvError::cell(line, Column::Name, message));
+            errors.push(CsvError::cell(line, Column::Name, error.to_string()));
             None
         }
     };
@@ -109,50 +109,60 @@ pub(super) fn check_row(
     }
 }
 
-/// A positive integer that fits an `i64`, surrounded by optional white space and followed by an
-/// optional dot (spreadsheets often number rows `1.`, `2.`, ...).
-fn parse_serial(raw: &str) -> Result<i64, String> {
+/// Why a serial number is refused; the text is the client's message, quoting the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SerialNumberError {
+    #[error("the serial number is missing")]
+    Missing,
+    #[error("the serial number must be a positive whole number, not {shown}")]
+    NotAWholeNumber { shown: String },
+    #[error("the serial number must be positive (1 or more), not {shown}")]
+    Zero { shown: String },
+    #[error("the serial number is too large (at most {}): {shown}", i64::MAX)]
+    TooLarge { shown: String },
+}
+
+/// The rule behind [`SerialNumber::parse`]: a positive integer that fits an `i64`, surrounded
+/// by optional white space and followed by an optional dot (spreadsheets often number rows
+/// `1.`, `2.`, ...).
+pub(crate) fn parse_serial(raw: &str) -> Result<i64, SerialNumberError> {
     let value = raw.trim();
     if value.is_empty() {
-        return Err("the serial number is missing".to_owned());
+        return Err(SerialNumberError::Missing);
     }
     let digits = value.strip_suffix('.').unwrap_or(value);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "the serial number must be a positive whole number, not {}",
-            show(value)
-        ));
+        return Err(SerialNumberError::NotAWholeNumber { shown: show(value) });
     }
     match digits.parse::<i64>() {
-        Ok(0) => Err(format!(
-            "the serial number must be positive (1 or more), not {}",
-            show(value)
-        )),
+        Ok(0) => Err(SerialNumberError::Zero { shown: show(value) }),
         Ok(serial) => Ok(serial),
         // Only digits, so the one possible failure is overflow.
-        Err(_) => Err(format!(
-            "the serial number is too large (at most {}): {}",
-            i64::MAX,
-            show(value)
-        )),
+        Err(_) => Err(SerialNumberError::TooLarge { shown: show(value) }),
     }
 }
 
-/// A trimmed, non-blank name.
+/// Why a product name is refused; the text is the client's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProductNameError {
+    #[error("the product name is empty")]
+    Empty,
+    #[error("the product name contains a control character: {shown}")]
+    ControlCharacter { shown: String },
+}
+
+/// The rule behind [`ProductName::parse`]: a trimmed, non-blank name.
 ///
 /// Control characters other than line breaks and tabs are rejected: they are never intended,
 /// they are a sign of a binary or mis-encoded file, and NUL cannot be stored in a PostgreSQL
 /// text column at all.
-fn check_name(raw: &str) -> Result<&str, String> {
+pub(crate) fn check_name(raw: &str) -> Result<&str, ProductNameError> {
     let name = raw.trim();
     if name.is_empty() {
-        return Err("the product name is empty".to_owned());
+        return Err(ProductNameError::Empty);
     }
     if name.chars().any(|c| c.is_control() && !c.is_whitespace()) {
-        return Err(format!(
-            "the product name contains a control character: {}",
-            show(name)
-        ));
+        return Err(ProductNameError::ControlCharacter { shown: show(name) });
     }
     Ok(name)
 }
@@ -193,7 +203,7 @@ mod tests {
             "{HEADER}1.,SKU1,https://a/1.jpg\n  2  ,SKU2,https://a/2.jpg\n\" 3. \",SKU3,https://a/3.jpg\n\
              007,SKU7,https://a/7.jpg\n9223372036854775807,Max,https://a/m.jpg\n"
         ));
-        let serials: Vec<i64> = products.iter().map(|p| p.serial_number.0).collect();
+        let serials: Vec<i64> = products.iter().map(|p| p.serial_number.get()).collect();
         assert_eq!(serials, [1, 2, 3, 7, i64::MAX]);
     }
 
@@ -202,7 +212,7 @@ mod tests {
         let products = ok(&format!(
             "{HEADER}1,\u{a0} Blue Widget \t, HTTPS://Example.COM/a/../Img.JPG?x=1&y=%20#frag \n"
         ));
-        assert_eq!(products[0].product_name.0, "Blue Widget");
+        assert_eq!(products[0].product_name.as_str(), "Blue Widget");
         assert_eq!(
             urls(&products[0]),
             ["HTTPS://Example.COM/a/../Img.JPG?x=1&y=%20#frag"]

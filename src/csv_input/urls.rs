@@ -59,14 +59,15 @@ pub(super) fn check_cells(
         if errors.is_full() {
             return None;
         }
-        match check_url(token, limits.max_url_len) {
-            Ok(()) if ok => urls.push(ImageUrl(token.to_owned())),
-            Ok(()) => {}
-            Err(error) => {
-                ok = false;
-                urls = Vec::new();
-                errors.push(CsvError::cell(line, Column::Urls, error.to_string()));
-            }
+        let checked = if ok {
+            ImageUrl::parse(token, limits.max_url_len).map(|url| urls.push(url))
+        } else {
+            check_url(token, limits.max_url_len)
+        };
+        if let Err(error) = checked {
+            ok = false;
+            urls = Vec::new();
+            errors.push(CsvError::cell(line, Column::Urls, error.to_string()));
         }
     }
     ok.then_some(urls)
@@ -102,8 +103,8 @@ pub enum UrlError {
 
 /// The rules of every URL the service accepts from a client, image or webhook: an absolute
 /// http or https URL with a host, no credentials, no control characters, at most `max_len`
-/// bytes. The URL is kept as written, so it must not hold anything (white space, controls) that
-/// a parser would silently drop or rewrite.
+/// bytes. The URL is kept as written, so it must not hold controls, which a URL parser would
+/// silently drop or escape: what is fetched later would not be what was checked.
 pub fn check_url(url: &str, max_len: usize) -> Result<(), UrlError> {
     // Checked first, so that an enormous URL costs no parsing.
     if url.len() > max_len {
