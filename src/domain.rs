@@ -6,11 +6,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::csv_input::{self, ProductNameError, SerialNumberError, UrlError};
+
 /// The ID a client receives for one upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 #[schema(value_type = String, format = Uuid)]
-pub struct RequestId(pub Uuid);
+// pub(crate) only until the store uses `as_uuid`/`from_uuid`; any UUID is a valid ID anyway.
+pub struct RequestId(Uuid);
 
 impl RequestId {
     pub fn new() -> Self {
@@ -49,11 +52,24 @@ impl fmt::Display for RequestId {
 }
 
 /// A product's serial number from the CSV: a positive integer, unique within one upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Built only by validating (no `Deserialize` either), so holding one means it is positive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct SerialNumber(pub i64);
+pub struct SerialNumber(i64);
 
 impl SerialNumber {
+    /// A serial number as written in the CSV (see [`csv_input`] for the forms accepted).
+    pub fn parse(raw: &str) -> Result<Self, SerialNumberError> {
+        csv_input::parse_serial(raw).map(Self)
+    }
+
+    /// A serial number already known as a number (read back from the database, built by a
+    /// test); `None` unless it is positive.
+    pub fn new(value: i64) -> Option<Self> {
+        (value > 0).then_some(Self(value))
+    }
+
     pub fn get(self) -> i64 {
         self.0
     }
@@ -65,12 +81,17 @@ impl fmt::Display for SerialNumber {
     }
 }
 
-/// A product name: trimmed, never blank.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A product name: trimmed, never blank, no control characters but line breaks and tabs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct ProductName(pub String);
+pub struct ProductName(String);
 
 impl ProductName {
+    /// Trims the name and checks it.
+    pub fn parse(raw: &str) -> Result<Self, ProductNameError> {
+        csv_input::check_name(raw).map(|name| Self(name.to_owned()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -82,12 +103,21 @@ impl fmt::Display for ProductName {
     }
 }
 
-/// An absolute http or https URL of an input image, within the configured length limit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// An absolute http or https URL of an input image, within the configured length limit, kept
+/// as the client wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
-pub struct ImageUrl(pub String);
+pub struct ImageUrl(String);
 
 impl ImageUrl {
+    /// Trims the URL and checks it by the rules of every client URL ([`csv_input::check_url`]),
+    /// within `max_len` bytes.
+    pub fn parse(raw: &str, max_len: usize) -> Result<Self, UrlError> {
+        let raw = raw.trim();
+        csv_input::check_url(raw, max_len)?;
+        Ok(Self(raw.to_owned()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -189,5 +219,54 @@ impl Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_built_only_by_validating() {
+        assert_eq!(SerialNumber::parse(" 7. ").map(SerialNumber::get), Ok(7));
+        assert_eq!(SerialNumber::parse(""), Err(SerialNumberError::Missing));
+        assert_eq!(
+            SerialNumber::parse("0").unwrap_err().to_string(),
+            "the serial number must be positive (1 or more), not \"0\""
+        );
+        assert_eq!(SerialNumber::new(0), None);
+        assert_eq!(SerialNumber::new(3).map(SerialNumber::get), Some(3));
+
+        assert_eq!(ProductName::parse("  Mug \t").unwrap().as_str(), "Mug");
+        assert_eq!(
+            ProductName::parse(" ").unwrap_err().to_string(),
+            "the product name is empty"
+        );
+
+        let url = ImageUrl::parse(" https://a.example/x.jpg ", 100).unwrap();
+        assert_eq!(url.as_str(), "https://a.example/x.jpg");
+        assert!(matches!(
+            ImageUrl::parse("https://a.example/x.jpg", 10),
+            Err(UrlError::TooLong {
+                len: 23,
+                max: 10,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ImageUrl::parse("ftp://a.example/", 100),
+            Err(UrlError::Scheme { .. })
+        ));
+    }
+
+    #[test]
+    fn values_serialize_as_plain_json() {
+        let json = serde_json::to_string(&(
+            SerialNumber::new(5).unwrap(),
+            ProductName::parse("Mug").unwrap(),
+            ImageUrl::parse("https://a.example/m.jpg", 100).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(json, r#"[5,"Mug","https://a.example/m.jpg"]"#);
     }
 }

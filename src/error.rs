@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::csv_input::CsvError;
+use crate::intake::{IntakeError, WebhookUrlError};
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -74,6 +75,26 @@ impl ApiError {
     }
 }
 
+/// The answers to a refused upload; they are part of the API, so each maps to the status and
+/// message clients have always seen.
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::InvalidCsv(errors) => ApiError::InvalidCsv(errors),
+            IntakeError::InvalidWebhookUrl(e) => ApiError::BadRequest(e.to_string()),
+            e @ IntakeError::KeyReused => ApiError::Unprocessable(e.to_string()),
+            IntakeError::Store(e) => e.into(),
+            IntakeError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<WebhookUrlError> for ApiError {
+    fn from(e: WebhookUrlError) -> Self {
+        IntakeError::from(e).into()
+    }
+}
+
 impl From<crate::core::StoreError> for ApiError {
     fn from(e: crate::core::StoreError) -> Self {
         match e {
@@ -123,5 +144,53 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::StoreError;
+
+    #[test]
+    fn intake_errors_keep_their_answers() {
+        let answer = |e: IntakeError| {
+            let e = ApiError::from(e);
+            (e.status().as_u16(), e.to_string())
+        };
+        let csv = vec![CsvError {
+            line: 1,
+            column: None,
+            message: "the file is empty".into(),
+        }];
+        assert_eq!(
+            answer(IntakeError::InvalidCsv(csv.clone())),
+            (400, "Invalid CSV format".into())
+        );
+        assert!(matches!(
+            ApiError::from(IntakeError::InvalidCsv(csv.clone())),
+            ApiError::InvalidCsv(errors) if errors == csv
+        ));
+        let webhook = crate::intake::parse_webhook_url("ftp://e.com/", 100).unwrap_err();
+        assert_eq!(
+            answer(webhook.into()),
+            (
+                400,
+                "webhookUrl must be an absolute http or https URL".into()
+            )
+        );
+        assert_eq!(
+            answer(IntakeError::KeyReused),
+            (
+                422,
+                "Idempotency-Key was already used for a different upload".into()
+            )
+        );
+        let down = StoreError::Unavailable(anyhow::anyhow!("connection refused"));
+        assert_eq!(answer(down.into()).0, 503);
+        let broken = StoreError::Other(anyhow::anyhow!("constraint"));
+        assert_eq!(answer(broken.into()), (500, "internal error".into()));
+        let internal = IntakeError::Internal(anyhow::anyhow!("parser stopped"));
+        assert_eq!(answer(internal), (500, "internal error".into()));
     }
 }

@@ -2,11 +2,52 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::core::{Core, CreateOutcome, NewRequest};
-use crate::csv_input::{parse_csv, CsvLimits};
+use crate::core::{Core, CreateOutcome, NewRequest, StoreError};
+use crate::csv_input::{check_url, parse_csv, CsvError, CsvLimits, UrlError};
 use crate::domain::Owner;
 use crate::domain::RequestId;
-use crate::error::ApiError;
+
+/// Why an upload was not accepted. The HTTP layer turns each into its answer (see
+/// `impl From<IntakeError> for ApiError`); the core knows nothing of status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// Every problem found in the file, in file order.
+    #[error("Invalid CSV format")]
+    InvalidCsv(Vec<CsvError>),
+    #[error(transparent)]
+    InvalidWebhookUrl(#[from] WebhookUrlError),
+    /// The Idempotency-Key names an earlier upload of different content.
+    #[error("Idempotency-Key was already used for a different upload")]
+    KeyReused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Internal(anyhow::Error),
+}
+
+/// A refused webhook URL, worded for the `webhookUrl` form field (and the setting of the same
+/// meaning): the client wrote the value itself, so the message does not quote it back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", webhook_message(.0))]
+pub struct WebhookUrlError(pub UrlError);
+
+fn webhook_message(error: &UrlError) -> String {
+    match error {
+        UrlError::TooLong { max, .. } => format!("webhookUrl is longer than {max} bytes"),
+        UrlError::ControlCharacter { .. } => {
+            "webhookUrl must not contain control characters".to_owned()
+        }
+        UrlError::NotAbsolute { .. } => format!(
+            "webhookUrl is not an absolute URL: {}",
+            url::ParseError::RelativeUrlWithoutBase
+        ),
+        UrlError::Invalid { error, .. } => format!("webhookUrl is not an absolute URL: {error}"),
+        UrlError::Scheme { .. } | UrlError::NoHost { .. } => {
+            "webhookUrl must be an absolute http or https URL".to_owned()
+        }
+        UrlError::Credentials { .. } => "webhookUrl must not contain credentials".to_owned(),
+    }
+}
 
 /// An upload as the HTTP layer received it.
 pub struct Upload {
@@ -16,7 +57,11 @@ pub struct Upload {
     pub webhook_url: Option<String>,
 }
 
-pub async fn accept(core: &Core, limits: CsvLimits, upload: Upload) -> Result<RequestId, ApiError> {
+pub async fn accept(
+    core: &Core,
+    limits: CsvLimits,
+    upload: Upload,
+) -> Result<RequestId, IntakeError> {
     let Upload {
         owner,
         idempotency_key,
@@ -27,8 +72,8 @@ pub async fn accept(core: &Core, limits: CsvLimits, upload: Upload) -> Result<Re
     // Parsing a large CSV takes milliseconds of CPU: keep it off the async workers.
     let products = tokio::task::spawn_blocking(move || parse_csv(&csv, &limits))
         .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("CSV parser stopped: {e}")))?
-        .map_err(ApiError::InvalidCsv)?;
+        .map_err(|e| IntakeError::Internal(anyhow::anyhow!("CSV parser stopped: {e}")))?
+        .map_err(IntakeError::InvalidCsv)?;
     let new = NewRequest {
         id: RequestId::new(),
         owner,
@@ -39,9 +84,7 @@ pub async fn accept(core: &Core, limits: CsvLimits, upload: Upload) -> Result<Re
     };
     match core.create_request(new).await? {
         CreateOutcome::Created(id) | CreateOutcome::Replayed(id) => Ok(id),
-        CreateOutcome::KeyReused => Err(ApiError::Unprocessable(
-            "Idempotency-Key was already used for a different upload".into(),
-        )),
+        CreateOutcome::KeyReused => Err(IntakeError::KeyReused),
     }
 }
 
@@ -55,27 +98,12 @@ fn digest(csv: &[u8], webhook_url: Option<&str>) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Validates a webhook target given with an upload.
-pub fn parse_webhook_url(raw: &str, max_len: usize) -> Result<String, ApiError> {
+/// Validates a webhook target given with an upload, by the rules of every client URL
+/// ([`check_url`]); returns it trimmed, otherwise as written.
+pub fn parse_webhook_url(raw: &str, max_len: usize) -> Result<String, WebhookUrlError> {
     let raw = raw.trim();
-    if raw.len() > max_len {
-        return Err(ApiError::BadRequest(format!(
-            "webhookUrl is longer than {max_len} bytes"
-        )));
-    }
-    let url = url::Url::parse(raw)
-        .map_err(|e| ApiError::BadRequest(format!("webhookUrl is not an absolute URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(ApiError::BadRequest(
-            "webhookUrl must be an absolute http or https URL".into(),
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ApiError::BadRequest(
-            "webhookUrl must not contain credentials".into(),
-        ));
-    }
-    Ok(raw.to_string())
+    check_url(raw, max_len).map_err(WebhookUrlError)?;
+    Ok(raw.to_owned())
 }
 
 #[cfg(test)]
@@ -89,6 +117,43 @@ mod tests {
         assert!(parse_webhook_url("/relative", 100).is_err());
         assert!(parse_webhook_url("https://u:p@example.com/", 100).is_err());
         assert!(parse_webhook_url(&format!("https://e.com/{}", "a".repeat(200)), 100).is_err());
+    }
+
+    #[test]
+    fn webhook_messages_name_the_field() {
+        let message = |raw: &str| parse_webhook_url(raw, 40).unwrap_err().to_string();
+        let cases = [
+            (
+                "ftp://e.com/",
+                "webhookUrl must be an absolute http or https URL",
+            ),
+            (
+                "/relative",
+                "webhookUrl is not an absolute URL: relative URL without a base",
+            ),
+            (
+                "http://[::1/",
+                "webhookUrl is not an absolute URL: invalid IPv6 address",
+            ),
+            (
+                "https://u:p@e.com/",
+                "webhookUrl must not contain credentials",
+            ),
+            (
+                "https://e.com/\u{1}",
+                "webhookUrl must not contain control characters",
+            ),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(message(raw), expected, "{raw}");
+        }
+        let long = format!("https://e.com/{}", "a".repeat(40));
+        assert_eq!(message(&long), "webhookUrl is longer than 40 bytes");
+        // Trimmed, otherwise kept as written (no normalisation by the URL parser).
+        assert_eq!(
+            parse_webhook_url(" HTTPS://E.com/a/../b ", 40).unwrap(),
+            "HTTPS://E.com/a/../b"
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@ fuzz_target!(|data: &[u8]| {
             for p in &products {
                 assert!(p.line > last_line, "products out of file order");
                 last_line = p.line;
-                assert!(p.serial_number.0 > 0, "serials are positive");
-                assert!(!p.product_name.0.trim().is_empty(), "a blank name");
+                assert!(p.serial_number.get() > 0, "serials are positive");
+                assert!(!p.product_name.as_str().trim().is_empty(), "a blank name");
                 assert!(!p.input_urls.is_empty(), "a product without URLs");
                 assert!(p.input_urls.len() <= limits.max_urls_per_product);
                 for u in &p.input_urls {
