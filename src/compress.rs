@@ -10,6 +10,7 @@
 //! — all inside `catch_unwind`, so that a bug in a third-party decoder costs one image, not the
 //! worker.
 
+use crate::failure::ErrorCode;
 use std::io::Cursor;
 use std::panic::{self, UnwindSafe};
 
@@ -266,6 +267,18 @@ pub enum CompressError {
     /// crafted input reaching a bug in a codec must not take down a worker thread.
     #[error("decoder crashed: {0}")]
     Panicked(String),
+}
+
+impl CompressError {
+    /// The kind of failure, for the image's record and the metrics.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CompressError::NotAnImage(_) => ErrorCode::NotAnImage,
+            CompressError::TooManyPixels { .. } => ErrorCode::TooManyPixels,
+            CompressError::Decode { .. } | CompressError::Panicked(_) => ErrorCode::Undecodable,
+            CompressError::Encode(_) => ErrorCode::EncodeFailed,
+        }
+    }
 }
 
 /// The largest width or height a JPEG frame header can express.

@@ -179,20 +179,3 @@ async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) {
         }
     }
 }
-
-// TEMPORARY until the fetch/codec error-code branch is merged.
-impl crate::fetch::FetchError {
-    fn is_transient(&self) -> bool {
-        matches!(self, crate::fetch::FetchError::Transient(_))
-    }
-}
-impl From<crate::fetch::FetchError> for Failure {
-    fn from(e: crate::fetch::FetchError) -> Self {
-        Failure::new(ErrorCode::HttpError, e.to_string())
-    }
-}
-impl crate::compress::CompressError {
-    fn code(&self) -> ErrorCode {
-        ErrorCode::Undecodable
-    }
-}

@@ -132,16 +132,17 @@ db_test!(
             origin::png_claiming(100_000, 100_000),
         );
         origin.put("big.jpg", "image/jpeg", vec![0xff; 300 * 1024]);
+        // (path, a word of the reason, its error code); "" for images that complete.
         let cases = [
-            ("/status/404", "404"),
-            ("/flaky/2/good.jpg", ""),
-            ("/slow/good.jpg", "timed out"),
-            ("/img/big.jpg", "limit"),
-            ("/img/page.html", "HTML"),
-            ("/img/half.jpg", "decode"),
-            ("/img/huge.png", "pixels"),
-            ("/status/500", "500"),
-            ("/redirect/good.jpg", ""),
+            ("/status/404", "404", "not_found"),
+            ("/flaky/2/good.jpg", "", ""),
+            ("/slow/good.jpg", "timed out", "timeout"),
+            ("/img/big.jpg", "limit", "too_large"),
+            ("/img/page.html", "HTML", "not_an_image"),
+            ("/img/half.jpg", "decode", "undecodable"),
+            ("/img/huge.png", "pixels", "too_many_pixels"),
+            ("/status/500", "500", "http_error"),
+            ("/redirect/good.jpg", "", ""),
         ];
         let mut c = db.config();
         c.workers.max_attempts = 3;
@@ -153,17 +154,19 @@ db_test!(
         let rows: Vec<(String, String, String)> = cases
             .iter()
             .enumerate()
-            .map(|(i, (path, _))| ((i + 1).to_string(), format!("P{i}"), origin.url(path)))
+            .map(|(i, (path, _, _))| ((i + 1).to_string(), format!("P{i}"), origin.url(path)))
             .collect();
         let id = app.upload_ok(csv(&rows)).await;
         let status = app.wait_settled(&id, Duration::from_secs(30)).await;
         assert_eq!(status["status"], "completed_with_errors", "{status}");
         let imgs = images(&status);
-        for ((path, reason), img) in cases.iter().zip(&imgs) {
+        for ((path, reason, code), img) in cases.iter().zip(&imgs) {
             if reason.is_empty() {
                 assert_eq!(img["status"], "completed", "{path}: {img}");
                 assert!(img["outputImageUrl"].is_string());
+                assert!(img["errorCode"].is_null(), "{path}: {img}");
             } else {
+                assert_eq!(img["errorCode"], *code, "{path}: {img}");
                 assert_eq!(img["status"], "failed", "{path}: {img}");
                 assert!(img["outputImageUrl"].is_null());
                 let error = img["error"].as_str().unwrap_or_default();

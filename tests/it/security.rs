@@ -307,6 +307,7 @@ db_test!(
                 "{url}: {img}"
             );
             assert!(error_of(img).contains("127.0.0.1"), "{url}: {img}");
+            assert_eq!(img["errorCode"], "refused_address", "{url}: {img}");
             assert_eq!(img["attempts"], 1, "{url}: a refusal is permanent");
         }
         assert_eq!(canary.connections(), 0, "the canary was contacted");
@@ -454,6 +455,7 @@ fn assert_refused_but_last(urls: &[String], status: &Value) {
             error_of(img).contains("not a public address"),
             "{url}: {img}"
         );
+        assert_eq!(img["errorCode"], "refused_address", "{url}: {img}");
         assert_eq!(img["attempts"], 1, "{url}: a refusal is permanent: {img}");
     }
     assert_eq!(ok[0]["status"], "completed", "{}", ok[0]);
