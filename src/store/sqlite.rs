@@ -865,3 +865,75 @@ fn images_json(images: &[NewImage<'_>]) -> String {
         .collect();
     serde_json::to_string(&rows).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::types::tests::request;
+
+    /// An image's request, product position, position and URL; its original's URL and request.
+    type LinkedImage = (String, i64, i64, String, Option<String>, Option<String>);
+
+    #[tokio::test]
+    async fn bulk_loads_link_their_rows_and_leave_checkpoints_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        for _ in 0..2 {
+            let new = request(&[&["http://a/1", "http://a/2"], &["http://a/3", "http://a/1"]]);
+            let images = new.images();
+            let mut tx = store.begin().await.unwrap();
+            store
+                .insert_request(&mut *tx, &new, images.len(), Utc::now())
+                .await
+                .unwrap();
+            store
+                .load_rows(&mut *tx, &new, &images, Utc::now())
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            store.after_upload().await;
+        }
+
+        let autocheckpoint: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&store.write)
+            .await
+            .unwrap();
+        assert_eq!(autocheckpoint, 1000);
+
+        let rows: Vec<LinkedImage> = sqlx::query_as(
+            "SELECT i.request_id, p.position, i.position, i.input_url, o.input_url, \
+                 o.request_id FROM images i JOIN products p ON p.id = i.product_id \
+                 AND p.request_id = i.request_id \
+                 LEFT JOIN images o ON o.id = i.duplicate_of ORDER BY i.id",
+        )
+        .fetch_all(&store.read)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 8);
+        for (n, (request, product, position, url, original, original_request)) in
+            rows.iter().enumerate()
+        {
+            assert_eq!((*product, *position), ((n % 4 / 2) as i64, (n % 2) as i64));
+            assert_eq!(
+                url,
+                ["http://a/1", "http://a/2", "http://a/3", "http://a/1"][n % 4]
+            );
+            if n % 4 == 3 {
+                assert_eq!(original.as_deref(), Some("http://a/1"));
+                assert_eq!(original_request.as_ref(), Some(request));
+            } else {
+                assert_eq!(original, &None);
+            }
+        }
+        let (name, urls): (String, String) = sqlx::query_as(
+            "SELECT product_name, input_image_urls FROM products ORDER BY id LIMIT 1",
+        )
+        .fetch_one(&store.read)
+        .await
+        .unwrap();
+        assert_eq!(name, "P\"0");
+        assert_eq!(urls, r#"["http://a/1","http://a/2"]"#);
+    }
+}

@@ -250,3 +250,43 @@ pub struct Delta {
     pub completed: i64,
     pub failed: i64,
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::csv_input::{parse_csv, CsvLimits};
+
+    /// A request of one product per row, each with the given image URLs.
+    pub(crate) fn request(rows: &[&[&str]]) -> NewRequest {
+        let mut csv = String::from("S. No.,Product Name,Input Image Urls\n");
+        for (i, urls) in rows.iter().enumerate() {
+            csv.push_str(&format!("{},\"P\"\"{i}\",\"{}\"\n", i + 1, urls.join(",")));
+        }
+        let limits = CsvLimits {
+            max_rows: 100,
+            max_urls_per_product: 10,
+            max_url_len: 2048,
+        };
+        NewRequest {
+            id: RequestId::new(),
+            owner: Owner::open(),
+            idempotency_key: None,
+            upload_digest: String::new(),
+            webhook_url: None,
+            products: parse_csv(csv.as_bytes(), &limits).unwrap(),
+        }
+    }
+
+    #[test]
+    fn images_in_csv_order_with_duplicates_pointing_at_the_first() {
+        let req = request(&[&["http://a/1", "http://a/2"], &["http://a/3", "http://a/1"]]);
+        let imgs = req.images();
+        assert_eq!(imgs.len(), 4);
+        assert_eq!(req.total_images(), 4);
+        assert_eq!(imgs[3].ordinal, 3);
+        assert_eq!(imgs[3].product_position, 1);
+        assert_eq!(imgs[3].position, 1);
+        assert_eq!(imgs[3].duplicate_of_ordinal, Some(0));
+        assert!(imgs[..3].iter().all(|i| i.duplicate_of_ordinal.is_none()));
+    }
+}
