@@ -3,9 +3,9 @@
 use sha2::{Digest, Sha256};
 
 use crate::core::{Core, CreateOutcome, NewRequest, StoreError};
-use crate::csv_input::{check_url, parse_csv, CsvError, CsvLimits, UrlError};
-use crate::domain::Owner;
+use crate::csv_input::{parse_csv, CsvError, CsvLimits};
 use crate::domain::RequestId;
+use crate::domain::{check_url, Owner, UrlError};
 
 /// Why an upload was not accepted. The HTTP layer turns each into its answer (see
 /// `impl From<IntakeError> for ApiError`); the core knows nothing of status codes.

@@ -30,20 +30,16 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub use crate::domain::{check_url, ProductNameError, SerialNumberError, UrlError};
+pub(crate) use crate::domain::{show, MAX_SHOWN_CHARS};
 use crate::domain::{ImageUrl, ProductName, SerialNumber};
 use header::{Column, Columns};
 use records::Records;
 use rows::check_row;
-pub(crate) use rows::{check_name, parse_serial};
-pub use rows::{ProductNameError, SerialNumberError};
-pub use urls::{check_url, UrlError};
 
 /// Errors beyond this many are not collected: the client gets enough to see the pattern, and a
 /// hostile or badly broken file cannot make us build (and send) a huge error list.
 pub const MAX_REPORTED_ERRORS: usize = 100;
-
-/// How much of an offending value an error message quotes, in characters.
-const MAX_SHOWN_CHARS: usize = 100;
 
 /// Limits on one upload, from the settings.
 #[derive(Debug, Clone)]
@@ -210,27 +206,6 @@ impl Errors {
     fn is_full(&self) -> bool {
         self.0.len() >= MAX_REPORTED_ERRORS
     }
-}
-
-/// A value quoted for an error message: cut to [`MAX_SHOWN_CHARS`] characters, with control and
-/// bidirectional-override characters escaped so that the message displays what was really there.
-fn show(value: &str) -> String {
-    let mut shown = String::from("\"");
-    let mut chars = value.chars();
-    for c in chars.by_ref().take(MAX_SHOWN_CHARS) {
-        if c.is_control()
-            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-        {
-            shown.extend(c.escape_debug());
-        } else {
-            shown.push(c);
-        }
-    }
-    if chars.next().is_some() {
-        shown.push_str("...");
-    }
-    shown.push('"');
-    shown
 }
 
 #[cfg(test)]

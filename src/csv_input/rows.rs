@@ -109,64 +109,6 @@ pub(super) fn check_row(
     }
 }
 
-/// Why a serial number is refused; the text is the client's message, quoting the value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SerialNumberError {
-    #[error("the serial number is missing")]
-    Missing,
-    #[error("the serial number must be a positive whole number, not {shown}")]
-    NotAWholeNumber { shown: String },
-    #[error("the serial number must be positive (1 or more), not {shown}")]
-    Zero { shown: String },
-    #[error("the serial number is too large (at most {}): {shown}", i64::MAX)]
-    TooLarge { shown: String },
-}
-
-/// The rule behind [`SerialNumber::parse`]: a positive integer that fits an `i64`, surrounded
-/// by optional white space and followed by an optional dot (spreadsheets often number rows
-/// `1.`, `2.`, ...).
-pub(crate) fn parse_serial(raw: &str) -> Result<i64, SerialNumberError> {
-    let value = raw.trim();
-    if value.is_empty() {
-        return Err(SerialNumberError::Missing);
-    }
-    let digits = value.strip_suffix('.').unwrap_or(value);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SerialNumberError::NotAWholeNumber { shown: show(value) });
-    }
-    match digits.parse::<i64>() {
-        Ok(0) => Err(SerialNumberError::Zero { shown: show(value) }),
-        Ok(serial) => Ok(serial),
-        // Only digits, so the one possible failure is overflow.
-        Err(_) => Err(SerialNumberError::TooLarge { shown: show(value) }),
-    }
-}
-
-/// Why a product name is refused; the text is the client's message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProductNameError {
-    #[error("the product name is empty")]
-    Empty,
-    #[error("the product name contains a control character: {shown}")]
-    ControlCharacter { shown: String },
-}
-
-/// The rule behind [`ProductName::parse`]: a trimmed, non-blank name.
-///
-/// Control characters other than line breaks and tabs are rejected: they are never intended,
-/// they are a sign of a binary or mis-encoded file, and NUL cannot be stored in a PostgreSQL
-/// text column at all.
-pub(crate) fn check_name(raw: &str) -> Result<&str, ProductNameError> {
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err(ProductNameError::Empty);
-    }
-    if name.chars().any(|c| c.is_control() && !c.is_whitespace()) {
-        return Err(ProductNameError::ControlCharacter { shown: show(name) });
-    }
-    Ok(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::csv_input::{self, ProductNameError, SerialNumberError, UrlError};
+mod values;
+
+pub(crate) use values::{check_name, parse_serial, show, MAX_SHOWN_CHARS};
+pub use values::{check_url, ProductNameError, SerialNumberError, UrlError};
 
 /// The ID a client receives for one upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -59,9 +62,9 @@ impl fmt::Display for RequestId {
 pub struct SerialNumber(i64);
 
 impl SerialNumber {
-    /// A serial number as written in the CSV (see [`csv_input`] for the forms accepted).
+    /// A serial number as written in the CSV (see [`parse_serial`] for the forms accepted).
     pub fn parse(raw: &str) -> Result<Self, SerialNumberError> {
-        csv_input::parse_serial(raw).map(Self)
+        parse_serial(raw).map(Self)
     }
 
     /// A serial number already known as a number (read back from the database, built by a
@@ -89,7 +92,7 @@ pub struct ProductName(String);
 impl ProductName {
     /// Trims the name and checks it.
     pub fn parse(raw: &str) -> Result<Self, ProductNameError> {
-        csv_input::check_name(raw).map(|name| Self(name.to_owned()))
+        check_name(raw).map(|name| Self(name.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -110,11 +113,11 @@ impl fmt::Display for ProductName {
 pub struct ImageUrl(String);
 
 impl ImageUrl {
-    /// Trims the URL and checks it by the rules of every client URL ([`csv_input::check_url`]),
+    /// Trims the URL and checks it by the rules of every client URL ([`check_url`]),
     /// within `max_len` bytes.
     pub fn parse(raw: &str, max_len: usize) -> Result<Self, UrlError> {
         let raw = raw.trim();
-        csv_input::check_url(raw, max_len)?;
+        check_url(raw, max_len)?;
         Ok(Self(raw.to_owned()))
     }
 
