@@ -158,10 +158,17 @@ pub struct Config {
     #[arg(long, env = "IMGBATCH_ALLOWED_NETWORKS", value_delimiter = ',')]
     pub allowed_networks: Vec<ipnet::IpNet>,
 
-    /// Requests a second each client (by IP address) may make to /api, with bursts of twice
-    /// that; 0 turns the limit off.
+    /// Requests a second each client may make to /api, with bursts of twice that; 0 turns the
+    /// limit off. A client is its API key when keys are set (and the request carries a valid
+    /// one), else its address (see --trusted-proxies).
     #[arg(long, env = "IMGBATCH_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
+
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` headers are believed for the client's
+    /// address (comma-separated addresses or CIDRs, e.g. 10.0.0.0/8). Default: none, so the
+    /// client is the TCP peer.
+    #[arg(long, env = "IMGBATCH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// Comma-separated bearer tokens; when set, every /api call needs one.
     #[arg(
@@ -296,6 +303,14 @@ pub struct Schedule(pub Vec<Duration>);
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// A network as a CIDR (`10.0.0.0/8`) or a single address (`10.1.2.3`).
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))
 }
 
 pub fn parse_schedule(s: &str) -> Result<Schedule, String> {

@@ -4,6 +4,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -33,7 +34,7 @@ impl ApiKeys {
 
     /// Compares against every key in constant time, so timing reveals neither which key nor
     /// how much of one matched.
-    fn matches(&self, presented: &[u8]) -> bool {
+    pub(crate) fn matches(&self, presented: &[u8]) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented).into();
         let mut found = subtle::Choice::from(0);
         for k in &self.keys {
@@ -51,23 +52,27 @@ impl FromRequestParts<AppState> for Owner {
         if state.keys.is_open() {
             return Ok(Owner::open());
         }
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing API key: send Authorization: Bearer <key>".into())
-            })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
+        if parts.headers.get(AUTHORIZATION).is_none() {
+            return Err(ApiError::Unauthorized(
+                "missing API key: send Authorization: Bearer <key>".into(),
+            ));
+        }
+        let token = bearer_token(&parts.headers)
             .ok_or_else(|| ApiError::Unauthorized("Authorization must be Bearer <key>".into()))?;
         if !state.keys.matches(token.as_bytes()) {
             return Err(ApiError::Unauthorized("invalid API key".into()));
         }
         Ok(Owner::of_key(token))
     }
+}
+
+/// The token of `Authorization: Bearer <token>`, if the request has one.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let header = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! HTTP layer: thin handlers that parse, call the domain core, and shape the answer.
 
 mod auth;
+mod client_addr;
 mod health;
 pub mod openapi;
 mod output_csv;
@@ -66,9 +67,9 @@ pub fn router(state: AppState) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ));
-    let api = match rate_limit::RateLimiter::new(state.config.rate_limit) {
-        Some(limiter) => api.layer(axum::middleware::from_fn_with_state(
-            limiter,
+    let api = match rate_limit::RateLimit::new(state.config.rate_limit) {
+        Some(limit) => api.layer(axum::middleware::from_fn_with_state(
+            (limit, state.clone()),
             rate_limit::limit,
         )),
         None => api,

@@ -1,76 +1,89 @@
-//! A per-client (IP address) token bucket in front of /api: a script gone wrong cannot starve
-//! everyone else. One process's view; behind a load balancer each process limits alone.
+//! Rate limits in front of /api, so a script gone wrong cannot starve everyone else: per API key
+//! when keys are configured (and the request carries a valid one), else per client address
+//! (see [`client_addr`](super::client_addr), which believes forwarded headers only from trusted
+//! proxies). One process's view; behind a load balancer each process limits alone.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 
+use super::auth::bearer_token;
+use super::client_addr::client_addr;
+use super::AppState;
+use crate::domain::Owner;
 use crate::error::ApiError;
 
-/// Buckets idle this long are full again, so they can be forgotten.
-const FORGET_AFTER: Duration = Duration::from_secs(60);
-const MAX_TRACKED: usize = 100_000;
-
-pub struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+/// Whose bucket a request takes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Client {
+    Key(Owner),
+    Addr(IpAddr),
 }
 
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+/// How many checks between sweeps of idle buckets (a full bucket is the same as none).
+const SWEEP_EVERY: u64 = 10_000;
+
+pub struct RateLimit {
+    limiter: DefaultKeyedRateLimiter<Client>,
+    clock: DefaultClock,
+    checks: AtomicU64,
 }
 
-impl RateLimiter {
-    /// None when the limit is off (0).
+impl RateLimit {
+    /// `per_second` requests a second, with bursts of twice that; `None` when 0 (off).
     pub fn new(per_second: u32) -> Option<Arc<Self>> {
-        (per_second > 0).then(|| {
-            Arc::new(Self {
-                per_second: per_second as f64,
-                burst: 2.0 * per_second as f64,
-                buckets: Mutex::new(HashMap::new()),
-            })
-        })
+        let rate = NonZeroU32::new(per_second)?;
+        let burst = NonZeroU32::new(per_second.saturating_mul(2)).unwrap_or(rate);
+        Some(Arc::new(Self {
+            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            clock: DefaultClock::default(),
+            checks: AtomicU64::new(0),
+        }))
     }
 
-    /// Takes a token, or says how long until one is there.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_TRACKED {
-            buckets.retain(|_, b| now.duration_since(b.last) < FORGET_AFTER);
+    /// Takes one request from `client`'s bucket, or says how long until there is room.
+    fn check(&self, client: &Client) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
         }
-        let b = buckets.entry(ip).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
-        let refill = now.duration_since(b.last).as_secs_f64() * self.per_second;
-        b.tokens = (b.tokens + refill).min(self.burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.per_second))
-        }
+        self.limiter
+            .check_key(client)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
 
 pub async fn limit(
-    State(limiter): State<Arc<RateLimiter>>,
+    State((limit, state)): State<(Arc<RateLimit>, AppState)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
 ) -> Response {
-    match limiter.check(peer.ip(), Instant::now()) {
+    let key = (!state.keys.is_open())
+        .then(|| bearer_token(req.headers()))
+        .flatten()
+        .filter(|token| state.keys.matches(token.as_bytes()));
+    let client = match key {
+        Some(token) => Client::Key(Owner::of_key(token)),
+        None => Client::Addr(client_addr(
+            peer.ip(),
+            req.headers(),
+            &state.config.trusted_proxies,
+        )),
+    };
+    match limit.check(&client) {
         Ok(()) => next.run(req).await,
         Err(wait) => ApiError::TooManyRequests {
-            retry_after_secs: wait.as_secs().max(1),
+            // Whole seconds, rounded up: a client that waits this long finds room.
+            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
         }
         .into_response(),
     }
@@ -81,19 +94,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allows_a_burst_then_the_rate() {
-        let l = RateLimiter::new(10).unwrap();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let other: IpAddr = "10.0.0.2".parse().unwrap();
-        let t0 = Instant::now();
+    fn allows_a_burst_then_limits_each_client_alone() {
+        let l = RateLimit::new(10).unwrap();
+        let ip = Client::Addr("10.0.0.1".parse().unwrap());
+        let other = Client::Addr("10.0.0.2".parse().unwrap());
+        let key = Client::Key(Owner::of_key("k"));
         for _ in 0..20 {
-            assert!(l.check(ip, t0).is_ok());
+            assert!(l.check(&ip).is_ok());
         }
-        let wait = l.check(ip, t0).unwrap_err();
-        assert!(wait <= Duration::from_millis(100));
-        assert!(l.check(other, t0).is_ok(), "clients are limited separately");
-        assert!(l.check(ip, t0 + Duration::from_millis(100)).is_ok());
-        assert!(l.check(ip, t0 + Duration::from_millis(100)).is_err());
-        assert!(RateLimiter::new(0).is_none());
+        let wait = l.check(&ip).unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(l.check(&other).is_ok(), "clients are limited separately");
+        assert!(l.check(&key).is_ok(), "a key has its own bucket");
+        assert!(RateLimit::new(0).is_none());
     }
 }

@@ -686,6 +686,69 @@ db_test!(api_keys_authenticate_and_isolate_owners, |db| {
     }
 });
 
+/// Behind a trusted proxy each forwarded client has its own bucket, and with API keys each
+/// key has its own; a forwarded header from anyone else changes nothing. (The limit does not
+/// touch the database, so this runs on SQLite only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_follow_trusted_proxies_and_api_keys() {
+    let db = TestDb::sqlite().await;
+    let start = |trusted: &str| {
+        let mut c = db.config();
+        c.workers.workers = 0;
+        // A burst of 2, then one a second: the requests below take milliseconds.
+        c.rate_limit = 1;
+        c.trusted_proxies = trusted
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        c.api_keys = vec!["key-a".into(), "key-b".into()];
+        TestApp::start(c)
+    };
+    async fn codes(app: &TestApp, forwarded_for: &str, key: Option<&str>, n: usize) -> Vec<u16> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut req = app
+                .http
+                .get(app.url("/api/status/x"))
+                .header("x-forwarded-for", forwarded_for);
+            if let Some(k) = key {
+                req = req.bearer_auth(k);
+            }
+            out.push(req.send().await.unwrap().status().as_u16());
+        }
+        out
+    }
+    // The test's client connects from 127.0.0.1, here a trusted proxy.
+    let app = start("127.0.0.0/8").await;
+    assert_eq!(codes(&app, "203.0.113.1", None, 3).await, [401, 401, 429]);
+    assert_eq!(
+        codes(&app, "203.0.113.2", None, 1).await,
+        [401],
+        "another client behind the proxy"
+    );
+    assert_eq!(
+        codes(&app, "203.0.113.1", Some("key-a"), 3).await,
+        [404, 404, 429],
+        "a key's own bucket"
+    );
+    assert_eq!(codes(&app, "203.0.113.1", Some("key-b"), 1).await, [404]);
+    // A wrong key is limited by address, so made-up keys cannot add buckets.
+    assert_eq!(
+        codes(&app, "203.0.113.2", Some("nope"), 2).await,
+        [401, 429]
+    );
+
+    // Without trusted proxies the header is the client's own word: ignored.
+    let app = start("").await;
+    assert_eq!(codes(&app, "203.0.113.1", None, 2).await, [401, 401]);
+    assert_eq!(
+        codes(&app, "203.0.113.2", None, 1).await,
+        [429],
+        "one bucket for the peer"
+    );
+}
+
 db_test!(rate_limit_answers_429_with_retry_after, |db| {
     let mut c = db.config();
     c.workers.workers = 0;
