@@ -1,5 +1,6 @@
 //! HTTP layer: thin handlers that parse, call the domain core, and shape the answer.
 
+mod access_log;
 mod auth;
 mod client_addr;
 mod health;
@@ -15,11 +16,11 @@ mod webhook_retry;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
 
 pub use auth::ApiKeys;
 
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
             get(output_csv::output_csv),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .route_layer(axum::middleware::from_fn(access_log::record_route))
         // Answers about requests change from one second to the next: never cache them.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
@@ -82,7 +84,8 @@ pub fn router(state: AppState) -> Router {
     let mut app = app
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics));
+        .route("/metrics", get(health::metrics))
+        .route_layer(axum::middleware::from_fn(access_log::record_route));
     // Swagger UI is bundled in the binary (no network needed); its page runs scripts, so it
     // carries its own, looser content policy.
     let docs: Router<AppState> = Router::from(
@@ -100,13 +103,16 @@ pub fn router(state: AppState) -> Router {
         app = app.merge(docs);
     }
     if let Some(dir) = state.config.storage_dir() {
+        let files = tower_http::services::ServeDir::new(dir)
+            .append_index_html_on_directories(false)
+            .fallback(axum::handler::HandlerWithoutStateExt::into_service(
+                || async { ApiError::NotFound("no such image".into()) },
+            ));
         app = app.nest_service(
             "/images",
-            tower_http::services::ServeDir::new(dir)
-                .append_index_html_on_directories(false)
-                .fallback(axum::handler::HandlerWithoutStateExt::into_service(
-                    || async { ApiError::NotFound("no such image".into()) },
-                )),
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(access_log::image_route))
+                .service(files),
         );
     }
     app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -129,6 +135,16 @@ pub fn router(state: AppState) -> Router {
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access_log::log,
+        ))
+        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
+            access_log::REQUEST_ID,
+        )))
+        .layer(SetRequestIdLayer::new(
+            HeaderName::from_static(access_log::REQUEST_ID),
+            MakeRequestUuid,
+        ))
         .with_state(state)
 }

@@ -131,7 +131,7 @@ async fn produce(
         Stop::Gone => tracing::debug!(request_id = %id, "client left during a streamed status"),
         Stop::TimedOut => tracing::warn!(
             request_id = %id,
-            idle_timeout = ?idle,
+            idle_timeout = %humantime::format_duration(idle),
             "streamed status abandoned: the client stopped reading"
         ),
         Stop::Failed(e) => tracing::error!(

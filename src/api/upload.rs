@@ -64,7 +64,10 @@ pub async fn upload(
     let result = accept(&state, owner, headers, multipart).await;
     match &result {
         Ok(_) => METRICS.upload_accepted(),
-        Err(e) if e.status().is_client_error() => METRICS.upload_rejected(),
+        Err(e) if e.status().is_client_error() => {
+            METRICS.upload_rejected();
+            log_refusal(e);
+        }
         Err(_) => {}
     }
     result
@@ -143,6 +146,21 @@ async fn accept(
     let request_id = intake::accept(&state.core, csv_limits, upload).await?;
     tracing::info!(%request_id, "upload accepted");
     Ok(Json(UploadResponse { request_id }))
+}
+
+/// Says why an upload was refused, so an operator can answer "why did my upload fail" from
+/// the log: the message, and for a refused CSV how many problems and the first one.
+fn log_refusal(e: &ApiError) {
+    let status = e.status().as_u16();
+    match e {
+        ApiError::InvalidCsv(errors) => {
+            let first = errors
+                .first()
+                .map(|e| format!("line {}: {}", e.line, e.message));
+            tracing::info!(status, reason = %e, problems = errors.len(), first, "upload refused")
+        }
+        _ => tracing::info!(status, reason = %e, "upload refused"),
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {

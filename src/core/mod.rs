@@ -67,6 +67,25 @@ pub enum AttemptNext {
     Failed,
 }
 
+impl AttemptNext {
+    /// `delivered`, `retry` or `failed`, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptNext::Delivered => "delivered",
+            AttemptNext::Retry(_) => "retry",
+            AttemptNext::Failed => "failed",
+        }
+    }
+
+    /// When the next attempt is due, for a retry.
+    pub fn retry_at(self) -> Option<DateTime<Utc>> {
+        match self {
+            AttemptNext::Retry(at) => Some(at),
+            _ => None,
+        }
+    }
+}
+
 /// The answer to a manual retry of a webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookRetry {

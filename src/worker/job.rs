@@ -7,6 +7,7 @@ use chrono::Utc;
 use super::{backoff, Ctx};
 use crate::compress::{compress, working_memory, CompressOptions};
 use crate::core::{ImageJob, ImageOutput, JobOutcome};
+use crate::domain::Status;
 use crate::failure::{ErrorCode, Failure};
 use crate::metrics::METRICS;
 
@@ -23,7 +24,7 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
     } else {
         attempt(ctx, &job).await
     };
-    record(ctx, &job, &outcome).await;
+    let finished = record(ctx, &job, &outcome).await;
     let elapsed = started.elapsed();
     let elapsed_ms = elapsed.as_millis() as u64;
     METRICS.job_finished(elapsed.as_secs_f64());
@@ -34,7 +35,7 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
     }
     match &outcome {
         JobOutcome::Completed(o) => {
-            tracing::debug!(image = job.id, request_id = %job.request_id, bytes_in = o.bytes_in, bytes_out = o.bytes_out, elapsed_ms, "image completed")
+            tracing::info!(image = job.id, request_id = %job.request_id, bytes_in = o.bytes_in, bytes_out = o.bytes_out, codec = %o.codec, elapsed_ms, "image completed")
         }
         JobOutcome::Failed(f) => {
             tracing::info!(image = job.id, request_id = %job.request_id, error = %f.message, error_code = %f.code, "image failed")
@@ -42,6 +43,10 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
         JobOutcome::Retry { failure: f, at } => {
             tracing::info!(image = job.id, request_id = %job.request_id, error = %f.message, error_code = %f.code, retry_at = %at, "image will be retried")
         }
+    }
+    // After the image's own line, so a request's log ends with its "finished" line.
+    if let Some(status) = finished {
+        tracing::info!(request_id = %job.request_id, %status, "request finished");
     }
 }
 
@@ -152,8 +157,11 @@ fn retry_or_fail(ctx: &Ctx, job: &ImageJob, failure: Failure) -> JobOutcome {
 /// Records the outcome, riding out a database outage for as long as it lasts: this process
 /// keeps the job's lease alive meanwhile, so giving up here would strand the job. A graceful
 /// shutdown aborts the wait and hands the job back; recording it again later is idempotent.
-async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) {
-    for attempt in 1u32.. {
+/// The request's final status, when this settlement finished it.
+async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) -> Option<Status> {
+    let mut attempt = 0u32;
+    loop {
+        attempt = attempt.saturating_add(1);
         match ctx.core.settle_image(job, &ctx.worker_id, outcome).await {
             Ok(s) => {
                 if !s.recorded {
@@ -162,10 +170,7 @@ async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) {
                         "job was no longer ours (lease lost); outcome dropped"
                     );
                 }
-                if let Some(status) = s.request_finished {
-                    tracing::info!(request_id = %job.request_id, %status, "request finished");
-                }
-                return;
+                return s.request_finished;
             }
             Err(e) => {
                 tracing::warn!(image = job.id, error = %e, attempt, "cannot record outcome; retrying");

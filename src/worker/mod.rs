@@ -154,7 +154,7 @@ async fn dispatch(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                     failures,
                     Duration::from_secs(30),
                 );
-                tracing::warn!(error = %e, retry_in = ?pause, "cannot claim jobs");
+                tracing::warn!(error = %e, retry_in = %humantime::format_duration(pause), "cannot claim jobs");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(pause) => continue,

@@ -109,8 +109,9 @@ async fn attempt(ctx: &Ctx, sender: &Sender, job: DeliveryJob) {
         .await
     {
         Ok(true) => tracing::info!(
-            request_id = %job.request_id, attempt = job.attempts, status = ?status_code,
-            error = error.as_deref().unwrap_or(""), next = ?next, "webhook attempt"
+            request_id = %job.request_id, attempt = job.attempts, status = status_code,
+            error = error.as_deref(), next = next.as_str(), retry_at = next.retry_at().map(tracing::field::display),
+            "webhook attempt"
         ),
         Ok(false) => {
             tracing::warn!(request_id = %job.request_id, "webhook delivery was no longer ours")

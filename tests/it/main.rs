@@ -5,6 +5,7 @@ mod common;
 
 mod client;
 mod crash;
+mod logs;
 mod pipeline;
 mod scale;
 mod security;

@@ -2,14 +2,20 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{TestApp, TestDb};
 
 /// A child process that is killed when dropped, so a failing test leaves no service behind.
-pub struct Service(pub Child);
+pub struct Service(pub Child, Arc<Mutex<Vec<String>>>);
 
 impl Service {
+    /// Every line the process has written to stdout so far (its logs).
+    pub fn logs(&self) -> Vec<String> {
+        self.1.lock().unwrap().clone()
+    }
+
     pub fn kill(&mut self) -> std::io::Result<()> {
         self.0.kill()
     }
@@ -53,14 +59,24 @@ pub fn spawn_binary(db: &TestDb, extra: &[(&str, &str)]) -> (Service, String) {
     let mut child = cmd.spawn().expect("binary starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("a first log line").unwrap();
-    let log: serde_json::Value =
-        serde_json::from_str(&first).unwrap_or_else(|_| panic!("JSON log line: {first}"));
-    let address = log["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("first line names the address: {first}"));
+    // JSON by default here; a test may ask for text, whose fields read `address=…`.
+    let address = match serde_json::from_str::<serde_json::Value>(&first) {
+        Ok(log) => log["address"].as_str().map(str::to_owned),
+        Err(_) => first
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("address="))
+            .map(str::to_owned),
+    }
+    .unwrap_or_else(|| panic!("first line names the address: {first}"));
+    let logs = Arc::new(Mutex::new(vec![first]));
     // Keep draining the logs so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Service(child), format!("http://{address}"))
+    let kept = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    (Service(child, logs), format!("http://{address}"))
 }
 
 pub fn client_for(base: String) -> TestApp {
