@@ -2,7 +2,9 @@
 # The image is built with the accelerated codec (`turbo`: libjpeg-turbo's SIMD encoder for the
 # pixel path, docs/performance.md), which needs nasm at build time; build.rs fails the build
 # without it rather than fall back to libjpeg's slow C code.
-FROM rust:1.85-bookworm AS build
+# The builder's Rust must be at least Cargo.toml's rust-version, the highest rust-version of any
+# locked dependency (.ci/container_check.sh fails otherwise).
+FROM rust:1.89-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends nasm \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
