@@ -1,13 +1,54 @@
 //! `imgbatch submit` and `imgbatch status`: a small client for the HTTP API, for people who
 //! would rather not write curl loops.
+//!
+//! Exit codes of `submit --wait` (see [`Outcome`]): 0 when every image completed, 2 when the
+//! request ended `completed_with_errors`, 3 when it `failed`, 130 when interrupted (Ctrl-C)
+//! while waiting; 1 for any other error (the service unreachable, the CSV refused, ...).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use crate::config::{ServerArgs, StatusArgs, SubmitArgs};
+
+/// How a client command ended, when it did not fail outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; with `--wait`, every image completed.
+    Success,
+    /// The request settled as `completed_with_errors`.
+    CompletedWithErrors,
+    /// The request settled as `failed`: no image completed.
+    Failed,
+    /// Ctrl-C while waiting; the request goes on on the server.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The process exit code. 1 is kept for errors (see [`exit_code`]).
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::CompletedWithErrors => 2,
+            Outcome::Failed => 3,
+            Outcome::Interrupted => 130,
+        }
+    }
+}
+
+/// The process exit code of a client command; an error is printed to stderr and exits 1.
+pub fn exit_code(result: anyhow::Result<Outcome>) -> ExitCode {
+    match result {
+        Ok(outcome) => ExitCode::from(outcome.code()),
+        Err(e) => {
+            eprintln!("imgbatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 struct Api {
     http: reqwest::Client,
@@ -36,10 +77,13 @@ impl Api {
 
     /// Sends, and turns an error answer into an error carrying the service's message.
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) if e.is_connect() => {
+                return Err(anyhow!(e).context(unreachable_message(&self.base)));
+            }
+            Err(e) => return Err(anyhow!(e).context(format!("cannot reach {}", self.base))),
+        };
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -49,6 +93,9 @@ impl Api {
             "{status}: {}",
             body["message"].as_str().unwrap_or("(no message)")
         );
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            msg.push_str(&format!("\n  {}", unauthorized_hint(self.key.is_some())));
+        }
         if let Some(errors) = body["errors"].as_array() {
             for e in errors {
                 let column = e["column"]
@@ -74,7 +121,37 @@ impl Api {
     }
 }
 
-pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+/// What a refused connection means to the user.
+fn unreachable_message(base: &str) -> String {
+    format!(
+        "the server is not reachable at {base} (is `imgbatch serve` running there? \
+         choose the address with --server or {SERVER_ENV})"
+    )
+}
+
+/// The hint added to a 401 answer.
+fn unauthorized_hint(key_given: bool) -> String {
+    if key_given {
+        format!("the service refused this API key: check --api-key (or {API_KEY_ENV})")
+    } else {
+        format!("the service requires an API key: pass --api-key <key> (or set {API_KEY_ENV})")
+    }
+}
+
+/// The environment variables the client flags read (see [`crate::config::ServerArgs`]).
+const API_KEY_ENV: &str = "IMGBATCH_API_KEY";
+const SERVER_ENV: &str = "IMGBATCH_SERVER";
+
+/// What Ctrl-C while waiting prints: the request goes on, and how to follow it later.
+pub fn interrupted_message(base: &str, id: &str) -> String {
+    format!(
+        "interrupted: request {id} goes on on the server.\n\
+         Follow it later with: imgbatch status {id} --server {base}\n\
+         or: GET {base}/api/status/{id}"
+    )
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<Outcome> {
     let api = Api::new(&args.server)?;
     let csv =
         std::fs::read(&args.csv).with_context(|| format!("cannot read {}", args.csv.display()))?;
@@ -102,11 +179,20 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .as_str()
         .context("the service answered without a requestId")?
         .to_string();
+    // Listening for Ctrl-C before the ID is printed: whoever reads the ID (a script, a test)
+    // may interrupt at once, and must get the message rather than the default SIGINT death.
+    let interrupt = args.wait.then(Interrupt::listen).transpose()?;
     println!("{id}");
-    if !args.wait {
-        return Ok(());
-    }
-    let status = follow(&api, &id).await?;
+    let Some(mut interrupt) = interrupt else {
+        return Ok(Outcome::Success);
+    };
+    let status = tokio::select! {
+        status = follow(&api, &id) => status?,
+        () = interrupt.recv() => {
+            eprintln!("\n{}", interrupted_message(&api.base, &id));
+            return Ok(Outcome::Interrupted);
+        }
+    };
     print_summary(&status);
     if let Some(path) = &args.output {
         let csv = api
@@ -120,15 +206,46 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         std::fs::write(path, &csv).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("output.csv saved to {}", path.display());
     }
-    if status["status"] == "failed" {
-        bail!("every image failed");
+    Ok(match status["status"].as_str() {
+        Some("completed") => Outcome::Success,
+        Some("completed_with_errors") => Outcome::CompletedWithErrors,
+        _ => Outcome::Failed,
+    })
+}
+
+/// Ctrl-C (SIGINT), listened for from the moment it is created.
+struct Interrupt {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("cannot listen for Ctrl-C")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            self.signal.recv().await;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Polls until the request settles, drawing a progress bar on stderr.
 async fn follow(api: &Api, id: &str) -> anyhow::Result<Value> {
     let bar = ProgressBar::new(0);
+    // Cleared when the wait ends early (Ctrl-C drops this future), so the message that follows
+    // is not drawn over.
+    let _clear = ClearOnDrop(bar.clone());
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images {msg}",
@@ -161,6 +278,16 @@ async fn follow(api: &Api, id: &str) -> anyhow::Result<Value> {
     }
 }
 
+struct ClearOnDrop(ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        if !self.0.is_finished() {
+            self.0.abandon();
+        }
+    }
+}
+
 fn print_summary(s: &Value) {
     let p = &s["progress"];
     println!(
@@ -174,7 +301,7 @@ fn print_summary(s: &Value) {
         for img in product["images"].as_array().into_iter().flatten() {
             if img["status"] == "failed" {
                 println!(
-                    "  #{} {}: {}",
+                    "  serial {}: {}: {}",
                     product["serialNumber"],
                     img["inputImageUrl"].as_str().unwrap_or(""),
                     img["error"].as_str().unwrap_or("")
@@ -184,7 +311,7 @@ fn print_summary(s: &Value) {
     }
 }
 
-pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let api = Api::new(&args.server)?;
     let s = api.status(&args.request_id).await?;
     if args.json {
@@ -192,5 +319,5 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     } else {
         print_summary(&s);
     }
-    Ok(())
+    Ok(Outcome::Success)
 }

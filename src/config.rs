@@ -41,10 +41,21 @@ pub enum Command {
     /// Print the webhook signing secret (generating and storing it if there is none yet).
     WebhookSecret(DatabaseArgs),
     /// Upload a CSV to a running service; with --wait, follow it to the end.
+    #[command(after_help = SUBMIT_EXIT_CODES)]
     Submit(SubmitArgs),
     /// Show the status of a request on a running service.
     Status(StatusArgs),
 }
+
+/// `imgbatch submit --help`: the exit codes (client::Outcome).
+const SUBMIT_EXIT_CODES: &str = "\
+Exit codes:
+  0    uploaded; with --wait, every image completed
+  1    an error (the CSV refused, the service unreachable, a refused API key, ...)
+  2    with --wait: the request ended completed_with_errors (some images failed)
+  3    with --wait: the request ended failed (no image completed)
+  130  with --wait: interrupted (Ctrl-C); the request goes on, follow it with
+       `imgbatch status <request-id>`";
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -80,7 +91,8 @@ pub struct SubmitArgs {
     /// Idempotency key, to make a retried submit return the first request.
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Follow the request with a progress bar until it settles.
+    /// Follow the request with a progress bar until it settles; the exit code tells how it
+    /// ended (see below).
     #[arg(long)]
     pub wait: bool,
     /// With --wait: save output.csv here when done.

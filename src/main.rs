@@ -29,8 +29,13 @@ async fn run() -> std::process::ExitCode {
             migrate(&db.database_url).await
         }
         Some(Command::WebhookSecret(db)) => webhook_secret(cli.serve, &db.database_url).await,
-        Some(Command::Submit(args)) => imgbatch::client::submit(args).await,
-        Some(Command::Status(args)) => imgbatch::client::status(args).await,
+        // The client commands have exit codes of their own (see client::Outcome).
+        Some(Command::Submit(args)) => {
+            return imgbatch::client::exit_code(imgbatch::client::submit(args).await)
+        }
+        Some(Command::Status(args)) => {
+            return imgbatch::client::exit_code(imgbatch::client::status(args).await)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,12 +8,17 @@
 //! - UTF-8, with or without a byte-order mark; LF, CRLF or (old Mac) CR line endings.
 //! - The first non-blank line is the header. Columns are found by name, ignoring case, white
 //!   space, dots, underscores and hyphens, and may come in any order; unknown columns are ignored.
-//! - Then one product a line. Blank lines, and lines holding only commas and white space, are
-//!   skipped.
-//! - The URL cell holds one or more URLs separated by commas or white space. A URL containing
-//!   a comma therefore cannot be expressed (percent-encode it as `%2C`). When the URL column is
-//!   the last named column, fields past it (an unquoted cell whose commas split it into several
-//!   fields) belong to it too.
+//! - Fields are separated by commas, semicolons (Excel in many locales) or tabs: the delimiter
+//!   is the first of those with which the header names every required column (only the header
+//!   row is read to find it). A header no delimiter fits is one error on its line, unless one
+//!   delimiter names some of the columns: then that header's missing or repeated columns are
+//!   reported as for a comma file.
+//! - Then one product a line. Blank lines, and lines holding only delimiters and white space,
+//!   are skipped.
+//! - The URL cell holds one or more URLs separated by commas or white space, whatever the
+//!   delimiter. A URL containing a comma therefore cannot be expressed (percent-encode it as
+//!   `%2C`). When the URL column is the last named column, fields past it (an unquoted cell
+//!   whose delimiters split it into several fields) belong to it too.
 //!
 //! Line numbers in errors are 1-based physical lines of the file (the header is normally line
 //! 1); a product whose quoted cells span several lines is reported at the line it starts on.
@@ -33,8 +38,8 @@ use serde::Serialize;
 pub use crate::domain::{check_url, ProductNameError, SerialNumberError, UrlError};
 pub(crate) use crate::domain::{show, MAX_SHOWN_CHARS};
 use crate::domain::{ImageUrl, ProductName, SerialNumber};
-use header::{Column, Columns};
-use records::Records;
+use header::{Column, Columns, HeaderFit};
+use records::{Records, DELIMITERS};
 use rows::check_row;
 
 /// Errors beyond this many are not collected: the client gets enough to see the pattern, and a
@@ -127,23 +132,20 @@ impl fmt::Display for CsvError {
 /// Any problem rejects the whole file. Most errors name the line of the offending row and the
 /// column of the offending cell. File-level errors: "the file is empty" (nothing but blank
 /// lines, or no bytes at all) is reported on line 1, where the header was expected; "the CSV
-/// has no products" on the line after the header. A missing or repeated required column is
-/// reported on the header's line, and parsing stops there. Parsing also stops at the first row
+/// has no products" on the line after the header. A header with which no delimiter names any
+/// required column ("no delimiter (comma, semicolon, tab) gives the header columns ...; the
+/// header row is: ...") and a missing or repeated required column are reported on the header's
+/// line, and parsing stops there. Parsing also stops at the first row
 /// past [`CsvLimits::max_rows`] and at a line with an absurd number of fields.
 pub fn parse_csv(bytes: &[u8], limits: &CsvLimits) -> Result<Vec<ParsedProduct>, Vec<CsvError>> {
     // csv-core happens to skip a leading BOM too; stripping it here keeps the contract from
     // depending on that, and keeps byte offsets (used for line numbers) consistent.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let mut records = Records::new(bytes);
     let mut errors = Errors::default();
-
-    let Some(header_line) = records.next_non_blank(&mut errors) else {
-        if errors.0.is_empty() {
-            errors.push(CsvError::row(1, "the file is empty".to_owned()));
-        }
-        return Err(errors.0);
-    };
-    let Some(columns) = Columns::from_header(records.row(), header_line, &mut errors) else {
+    let (mut records, header_line) = find_header(bytes, &mut errors)?;
+    let Some(columns) =
+        Columns::from_header(records.row(), header_line, records.delimiter(), &mut errors)
+    else {
         return Err(errors.0);
     };
 
@@ -190,6 +192,61 @@ pub fn parse_csv(bytes: &[u8], limits: &CsvLimits) -> Result<Vec<ParsedProduct>,
         )]);
     }
     Ok(products)
+}
+
+/// Finds the header row and the delimiter: the first of [`DELIMITERS`] with which the header
+/// names every required column once. Only the header row is read with each delimiter tried,
+/// and a comma file is read once.
+///
+/// Without such a delimiter, the one naming the most required columns is kept, so that its
+/// header's problems (a missing or repeated column) are reported as usual; when none names any,
+/// the file gets one error on the header's line, showing the header row.
+fn find_header<'a>(
+    bytes: &'a [u8],
+    errors: &mut Errors,
+) -> Result<(Records<'a>, u64), Vec<CsvError>> {
+    let mut best: Option<(HeaderFit, Records<'a>, u64)> = None;
+    for delimiter in DELIMITERS {
+        let mut records = Records::new(bytes, delimiter);
+        let mut read_errors = Errors::default();
+        let Some(line) = records.next_header(&mut read_errors) else {
+            // Blank or unreadable with one delimiter: with the first (comma, whose reader
+            // refuses a line of absurdly many fields) that is the file's answer.
+            if best.is_none() {
+                errors.0 = read_errors.0;
+                if errors.0.is_empty() {
+                    errors.push(CsvError::row(1, "the file is empty".to_owned()));
+                }
+                return Err(std::mem::take(&mut errors.0));
+            }
+            continue;
+        };
+        let fit = HeaderFit::of(records.row());
+        if fit.usable {
+            return Ok((records, line));
+        }
+        if best.as_ref().is_none_or(|(b, _, _)| fit.known > b.known) {
+            best = Some((fit, records, line));
+        }
+    }
+    let Some((fit, records, line)) = best else {
+        unreachable!("the comma reader either found a header or returned");
+    };
+    if fit.known > 0 {
+        return Ok((records, line));
+    }
+    let names = Column::ALL.map(|c| format!("\"{}\"", c.canonical_name()));
+    Err(vec![CsvError::row(
+        line,
+        format!(
+            "no delimiter ({}) gives the header columns {}; the header row is: {}",
+            DELIMITERS.map(|d| d.name()).join(", "),
+            names.join(", "),
+            show(&String::from_utf8_lossy(
+                records.first_line_of_row(MAX_SHOWN_CHARS * 4 + 4)
+            ))
+        ),
+    )])
 }
 
 /// Collects errors, dropping any beyond [`MAX_REPORTED_ERRORS`].

@@ -44,6 +44,18 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// Blank before the delimiter is known: white space and any of the accepted delimiters
+    /// only, so that a separator-only line before the header is skipped whichever delimiter is
+    /// being tried (`,,` above a `;` header).
+    fn is_blank_for_any_delimiter(&self) -> bool {
+        match self {
+            Field::Text(s) => s
+                .chars()
+                .all(|c| c.is_whitespace() || DELIMITERS.iter().any(|d| c == char::from(d.0))),
+            Field::Binary(_) => false,
+        }
+    }
+
     pub(super) fn lossy(&self) -> std::borrow::Cow<'_, str> {
         match self {
             Field::Text(s) => std::borrow::Cow::Borrowed(s),
@@ -56,22 +68,48 @@ impl<'a> Field<'a> {
 /// 16,384) plus an unquoted URL list, so no real file comes near it; see [`FieldGuard`].
 const MAX_FIELDS_PER_RECORD: usize = 20_000;
 
+/// A field separator the parser accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Delimiter(pub(super) u8);
+
+impl Delimiter {
+    pub(super) const COMMA: Self = Self(b',');
+    pub(super) const SEMICOLON: Self = Self(b';');
+    pub(super) const TAB: Self = Self(b'\t');
+
+    pub(super) fn name(self) -> &'static str {
+        match self.0 {
+            b';' => "semicolon",
+            b'\t' => "tab",
+            _ => "comma",
+        }
+    }
+}
+
+/// The accepted delimiters, in the order the header is tried with them: comma first, so a
+/// comma file (the common case) is read once.
+pub(super) const DELIMITERS: [Delimiter; 3] =
+    [Delimiter::COMMA, Delimiter::SEMICOLON, Delimiter::TAB];
+
 /// The records of the file, with the line each starts on.
 pub(super) struct Records<'a> {
     reader: csv::Reader<FieldGuard<'a>>,
     record: ByteRecord,
     lines: LineCounter<'a>,
+    delimiter: Delimiter,
 }
 
 impl<'a> Records<'a> {
-    pub(super) fn new(bytes: &'a [u8]) -> Self {
+    pub(super) fn new(bytes: &'a [u8], delimiter: Delimiter) -> Self {
         let reader = ReaderBuilder::new()
+            .delimiter(delimiter.0)
             // Raw records: the header is found and interpreted here, not by the csv crate.
             .has_headers(false)
             // Rows may be shorter (missing cells) or longer (unquoted URL lists) than the header.
             .flexible(true)
             .from_reader(FieldGuard {
                 input: bytes,
+                delimiter: delimiter.0,
                 delimiters: 0,
                 tripped: false,
             });
@@ -79,12 +117,39 @@ impl<'a> Records<'a> {
             reader,
             record: ByteRecord::new(),
             lines: LineCounter::new(bytes),
+            delimiter,
         }
     }
 
-    /// Reads the next record that is not blank (only commas and white space) and returns the
-    /// line it starts on; `None` at the end of the file, or on a read error (reported).
+    pub(super) fn delimiter(&self) -> Delimiter {
+        self.delimiter
+    }
+
+    /// Reads the next record that is not blank (only delimiters and white space) and returns
+    /// the line it starts on; `None` at the end of the file, or on a read error (reported).
     pub(super) fn next_non_blank(&mut self, errors: &mut Errors) -> Option<u64> {
+        self.next_record(errors, false)
+    }
+
+    /// Like [`Self::next_non_blank`], for the header: lines of nothing but white space and any
+    /// accepted delimiter are skipped too.
+    pub(super) fn next_header(&mut self, errors: &mut Errors) -> Option<u64> {
+        self.next_record(errors, true)
+    }
+
+    /// The first line of the record last read, as raw bytes (at most `max` of them), for
+    /// error messages.
+    pub(super) fn first_line_of_row(&self, max: usize) -> &'a [u8] {
+        let rest = &self.lines.bytes[self.lines.pos.min(self.lines.bytes.len())..];
+        let end = rest
+            .iter()
+            .take(max)
+            .position(|&b| b == b'\n' || b == b'\r')
+            .unwrap_or(rest.len().min(max));
+        &rest[..end]
+    }
+
+    fn next_record(&mut self, errors: &mut Errors, header: bool) -> Option<u64> {
         loop {
             self.reader.get_mut().delimiters = 0;
             let result = self.reader.read_byte_record(&mut self.record);
@@ -113,7 +178,14 @@ impl<'a> Records<'a> {
                 }
             }
             let line = self.lines.record_start_line(offset);
-            if !self.row().fields().all(|f| f.is_blank()) {
+            let blank = |f: Field<'_>| {
+                if header {
+                    f.is_blank_for_any_delimiter()
+                } else {
+                    f.is_blank()
+                }
+            };
+            if !self.row().fields().all(blank) {
                 return Some(line);
             }
         }
@@ -136,7 +208,9 @@ impl<'a> Records<'a> {
 /// records before and after; harmless at this limit.
 struct FieldGuard<'a> {
     input: &'a [u8],
-    /// Commas handed to the reader since the current record began.
+    /// The delimiter byte the reader splits on.
+    delimiter: u8,
+    /// Delimiters handed to the reader since the current record began.
     delimiters: usize,
     /// Whether a read failed because of the limit.
     tripped: bool,
@@ -149,7 +223,8 @@ impl std::io::Read for FieldGuard<'_> {
             return Err(std::io::Error::other("too many fields in one record"));
         }
         let n = self.input.read(buf)?;
-        self.delimiters += buf[..n].iter().filter(|&&b| b == b',').count();
+        let delimiter = self.delimiter;
+        self.delimiters += buf[..n].iter().filter(|&&b| b == delimiter).count();
         Ok(n)
     }
 }
@@ -296,11 +371,35 @@ mod tests {
             error.message
         );
 
-        // A header that is one enormous line without a newline.
+        // A header that is one enormous line without a newline (read once per delimiter).
         let input = "S".repeat(big);
-        let errors = errs(&input);
-        assert_eq!(places(&errors), [(1, S), (1, N), (1, U)]);
-        assert!(errors.iter().all(|e| e.message.len() < 400));
+        let error = single(errs(&input));
+        assert_eq!((error.line, error.column.as_deref()), (1, None));
+        assert!(error.message.len() < 400);
+
+        // The same with semicolons or tabs: the field guard counts the file's delimiter.
+        for delimiter in [";", "\t"] {
+            let mut input = format!(
+                "S. No.{d}Product Name{d}Input Image Urls\n1{d}A",
+                d = delimiter
+            );
+            while input.len() < big {
+                input.push_str(delimiter);
+                input.push_str("https://a.example/img.jpg");
+            }
+            input.push('\n');
+            let error = single(errs(&input));
+            assert_eq!(
+                (error.line, error.column.as_deref()),
+                (2, None),
+                "{delimiter:?}"
+            );
+            assert!(
+                error.message.contains("too many fields"),
+                "{}",
+                error.message
+            );
+        }
 
         // Nothing but commas.
         let input = ",".repeat(big);

@@ -79,6 +79,85 @@ db_test!(accepts_every_csv_form, |db| {
     }
 });
 
+db_test!(accepts_semicolon_and_tab_files, |db| {
+    let app = api_only(&db).await;
+    let cases: [(&str, &[u8], Vec<Expected>); 3] = [
+        (
+            "semicolons, as Excel saves them in many locales",
+            include_bytes!("../corpus/csv/valid_semicolon_excel.csv"),
+            vec![
+                (
+                    1,
+                    "Mug; blue, large",
+                    vec!["https://a.example/1.jpg", "https://a.example/2.jpg"],
+                ),
+                (
+                    2,
+                    "Cup",
+                    vec!["https://a.example/3.jpg", "https://a.example/4.jpg"],
+                ),
+                (
+                    3,
+                    "Plate",
+                    vec!["https://a.example/5.jpg", "https://a.example/6.jpg"],
+                ),
+            ],
+        ),
+        (
+            "tabs",
+            include_bytes!("../corpus/csv/valid_tab.csv"),
+            vec![
+                (
+                    1,
+                    "Mug,\tblue; large",
+                    vec!["https://a.example/1.jpg", "https://a.example/2.jpg"],
+                ),
+                (
+                    2,
+                    "Cup",
+                    vec!["https://a.example/3.jpg", "https://a.example/4.jpg"],
+                ),
+            ],
+        ),
+        (
+            "commas, unchanged",
+            b"S. No.,Product Name,Input Image Urls\n1,A;B,https://a.example/1.jpg\n",
+            vec![(1, "A;B", vec!["https://a.example/1.jpg"])],
+        ),
+    ];
+    for (what, body, expected) in cases {
+        let (code, resp) = app.upload(body.to_vec()).await;
+        assert_eq!(code, 200, "{what}: {resp}");
+        let id = resp["requestId"].as_str().unwrap();
+        let (code, status) = app.status(id).await;
+        assert_eq!(code, 200);
+        let products = status["products"].as_array().unwrap();
+        assert_eq!(products.len(), expected.len(), "{what}: {status}");
+        for (p, (serial, name, urls)) in products.iter().zip(&expected) {
+            assert_eq!(p["serialNumber"], *serial, "{what}");
+            assert_eq!(p["productName"], *name, "{what}");
+            assert_eq!(p["inputImageUrls"], serde_json::json!(urls), "{what}");
+        }
+    }
+
+    // A header no delimiter fits: one error on its line, quoting the header row.
+    let (code, resp) = app
+        .upload(include_bytes!("../corpus/csv/no_delimiter_fits.csv").to_vec())
+        .await;
+    assert_eq!(code, 400, "{resp}");
+    let errors = resp["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{resp}");
+    assert_eq!(errors[0]["line"], 1);
+    assert_eq!(errors[0]["column"], Value::Null);
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("no delimiter (comma, semicolon, tab) gives the header columns")
+            && message.contains("\"S. No.|Product Name|Input Image Urls\""),
+        "{message}"
+    );
+    assert_eq!(count_rows(&app).await, 3);
+});
+
 db_test!(
     rejects_bad_csvs_with_line_numbers_and_stores_nothing,
     |db| {
