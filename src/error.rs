@@ -29,6 +29,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("too many requests; retry in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
     /// The database (or another dependency) cannot be reached; the client may retry.
@@ -40,18 +42,61 @@ pub enum ApiError {
 
 fn too_large_message(limit: Option<usize>) -> String {
     match limit {
-        Some(limit) => format!("upload is larger than the limit of {limit} bytes"),
-        None => "upload is larger than the limit".to_string(),
+        Some(limit) => format!(
+            "the CSV is larger than the limit of {limit} bytes ({}); the limit is the setting \
+             IMGBATCH_MAX_UPLOAD_BYTES",
+            human_bytes(limit)
+        ),
+        None => "the upload is larger than the limit for a CSV (the setting \
+                 IMGBATCH_MAX_UPLOAD_BYTES) plus its multipart envelope"
+            .to_string(),
+    }
+}
+
+/// `20 MiB`, `512 KiB`, `900 bytes`: sizes as people read them.
+fn human_bytes(n: usize) -> String {
+    const KIB: usize = 1024;
+    match n {
+        n if n >= KIB * KIB && n % (KIB * KIB) == 0 => format!("{} MiB", n / (KIB * KIB)),
+        n if n >= KIB * KIB => format!("{:.1} MiB", n as f64 / (KIB * KIB) as f64),
+        n if n >= KIB && n % KIB == 0 => format!("{} KiB", n / KIB),
+        n => format!("{n} bytes"),
     }
 }
 
 /// Every error answer: a message, and for a refused CSV every problem found (up to 100).
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody<'a> {
+#[derive(Serialize)]
+struct ErrorJson<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<CsvError>>)]
     errors: Option<&'a [CsvError]>,
+}
+
+/// An error answer.
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({"message": "Request ID not found"}))]
+#[allow(dead_code)] // describes the answer for the OpenAPI document only
+pub struct ErrorBody {
+    /// What went wrong, in words for the person who sent the request.
+    message: String,
+}
+
+/// The answer to a refused upload: a message, and for a refused CSV every problem found (up
+/// to 100), each with its line.
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({
+    "message": "Invalid CSV format",
+    "errors": [{
+        "line": 3,
+        "column": "Input Image Urls",
+        "message": "not an absolute URL (it must start with http:// or https://): \"www.example.com/a.jpg\""
+    }]
+}))]
+#[allow(dead_code)] // describes the answer for the OpenAPI document only
+pub struct InvalidUploadBody {
+    message: String,
+    /// Present when the CSV itself was refused.
+    errors: Option<Vec<CsvError>>,
 }
 
 impl ApiError {
@@ -64,6 +109,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,7 +166,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (
             status,
-            Json(ErrorBody {
+            Json(ErrorJson {
                 message: self.to_string(),
                 errors,
             }),

@@ -66,10 +66,26 @@ async fn migrate(url: &str) -> anyhow::Result<()> {
 
 async fn webhook_secret(mut config: imgbatch::Config, url: &str) -> anyhow::Result<()> {
     config.db.database_url = url.to_string();
-    let core = Core::connect(url).await?;
+    // Said on stderr, so the secret alone stays on stdout for scripts.
+    eprintln!(
+        "imgbatch: the webhook secret of the database at {}",
+        redacted(url)
+    );
+    let core = Core::open_existing(url).await?;
     core.migrate().await?;
     println!("{}", imgbatch::webhook_secret(&core, &config).await?);
     Ok(())
+}
+
+/// A database URL without its password, to show.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -4,6 +4,7 @@ mod access_log;
 mod auth;
 mod client_addr;
 mod health;
+mod home;
 pub mod openapi;
 mod output_csv;
 mod rate_limit;
@@ -39,6 +40,14 @@ pub struct AppState {
     pub status_cache: Arc<status_cache::StatusCache>,
 }
 
+/// A known path asked with the wrong method: JSON like every other error.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}; the API is described at /docs",
+        uri.path()
+    ))
+}
+
 pub fn router(state: AppState) -> Router {
     // The multipart envelope (boundaries, part headers, the webhookUrl part) adds a little to the
     // CSV itself; the CSV's own limit is enforced exactly while its part streams in.
@@ -63,6 +72,7 @@ pub fn router(state: AppState) -> Router {
             get(output_csv::output_csv),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(access_log::record_route))
         // Answers about requests change from one second to the next: never cache them.
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -79,7 +89,7 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new();
     // A worker-only process answers health and metrics, not the API.
     if state.config.api {
-        app = app.nest("/api", api);
+        app = app.nest("/api", api).route("/", get(home::home));
     }
     let mut app = app
         .route("/healthz", get(health::healthz))
@@ -116,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         );
     }
     app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(64 * 1024))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,

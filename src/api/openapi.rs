@@ -82,5 +82,30 @@ mod tests {
                 ["schema"]["$ref"],
             "#/components/schemas/ErrorBody"
         );
+        // Examples a user would send or read: no made-up line numbers, no "string" webhook.
+        let text = doc.to_string();
+        assert!(
+            !text.contains("9007199254740991"),
+            "a max-int example is left"
+        );
+        assert_eq!(
+            schemas["UploadForm"]["properties"]["webhookUrl"]["example"],
+            ""
+        );
+        assert_eq!(
+            schemas["InvalidUploadBody"]["example"]["errors"][0]["line"],
+            3
+        );
+        let codes: Vec<&str> = schemas["ErrorCode"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let all: Vec<&str> = crate::failure::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(codes, all, "the document lists every error code");
     }
 }

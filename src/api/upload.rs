@@ -8,7 +8,7 @@ use super::AppState;
 use crate::csv_input::CsvLimits;
 use crate::domain::Owner;
 use crate::domain::RequestId;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, InvalidUploadBody};
 use crate::intake::{self, Upload};
 use crate::metrics::METRICS;
 
@@ -28,9 +28,10 @@ pub struct UploadForm {
     /// The CSV: header `S. No.,Product Name,Input Image Urls`, then one product a row.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
-    /// Optional webhook target (absolute http/https URL) for this request.
+    /// Optional webhook target (absolute http/https URL) for this request; empty or left out:
+    /// the service's default (`IMGBATCH_WEBHOOK_URL`), if any.
     #[serde(rename = "webhookUrl")]
-    #[schema(rename = "webhookUrl")]
+    #[schema(rename = "webhookUrl", example = "")]
     webhook_url: Option<String>,
 }
 
@@ -45,7 +46,7 @@ pub struct UploadForm {
             description = "Repeat an upload safely: the same key and file return the first request's ID")),
     responses(
         (status = 200, description = "Accepted", body = UploadResponse),
-        (status = 400, description = "Invalid CSV (with every error and its line), no file part, or a bad webhookUrl", body = ErrorBody),
+        (status = 400, description = "Invalid CSV (with every error and its line), no file part, or a bad webhookUrl", body = InvalidUploadBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 413, description = "Upload larger than the limit", body = ErrorBody),
         (status = 415, description = "Not multipart/form-data", body = ErrorBody),

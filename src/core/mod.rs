@@ -130,8 +130,18 @@ fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 impl Core {
     /// Opens the database named by the URL's scheme (and creates a SQLite file and its folder).
     pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::open(url, true).await
+    }
+
+    /// Opens a database that must exist already (a SQLite file is never created): for commands
+    /// that read the service's state, where a new empty database would only mislead.
+    pub async fn open_existing(url: &str) -> StoreResult<Self> {
+        Self::open(url, false).await
+    }
+
+    async fn open(url: &str, create: bool) -> StoreResult<Self> {
         Ok(Self {
-            db: Db::connect(url).await?,
+            db: Db::connect(url, create).await?,
             wakeups: Wakeups::default(),
         })
     }

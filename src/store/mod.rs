@@ -98,10 +98,11 @@ pub(crate) enum Db {
 }
 
 impl Db {
-    /// Opens the database named by the URL's scheme (and creates a SQLite file and its folder).
-    pub async fn connect(url: &str) -> StoreResult<Self> {
+    /// Opens the database named by the URL's scheme; a SQLite file (and its folder) is created
+    /// if `create`, else it must exist.
+    pub async fn connect(url: &str, create: bool) -> StoreResult<Self> {
         if url.starts_with("sqlite:") {
-            Ok(Db::Sqlite(SqliteStore::connect(url).await?))
+            Ok(Db::Sqlite(SqliteStore::connect(url, create).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Db::Postgres(PgStore::connect(url).await?))
         } else {

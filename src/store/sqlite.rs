@@ -59,16 +59,26 @@ impl Columns for SqliteRow {
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str) -> StoreResult<Self> {
+    /// Opens the database, creating the file (and its folder) if `create`; otherwise a
+    /// missing file is an error that names it.
+    pub async fn connect(url: &str, create: bool) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Other(anyhow::anyhow!("invalid sqlite URL {url:?}: {e}")))?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        if let Some(dir) = opts.get_filename().parent() {
-            if !dir.as_os_str().is_empty() {
+        let file = opts.get_filename();
+        if !create && !file.exists() {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "there is no database at {url:?} (file {}): point DATABASE_URL at the service's \
+                 database, or start the service first",
+                file.display()
+            )));
+        }
+        if let Some(dir) = file.parent() {
+            if create && !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     StoreError::Other(anyhow::anyhow!("cannot create {}: {e}", dir.display()))
                 })?;
@@ -878,7 +888,7 @@ mod tests {
     async fn bulk_loads_link_their_rows_and_leave_checkpoints_on() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/db.sqlite", dir.path().display());
-        let store = SqliteStore::connect(&url).await.unwrap();
+        let store = SqliteStore::connect(&url, true).await.unwrap();
         store.migrate().await.unwrap();
         for _ in 0..2 {
             let new = request(&[&["http://a/1", "http://a/2"], &["http://a/3", "http://a/1"]]);

@@ -274,9 +274,45 @@ db_test!(other_client_errors_are_precise, |db| {
     }
     let (code, resp) = app.upload(big).await;
     assert_eq!(code, 413, "{resp}");
+    let message = resp["message"].as_str().unwrap();
     assert!(
-        resp["message"].as_str().unwrap().contains("limit"),
+        message.contains("limit of 65536 bytes (64 KiB)")
+            && message.contains("IMGBATCH_MAX_UPLOAD_BYTES"),
         "{resp}"
+    );
+
+    // The wrong method on a known path: 405, JSON like every error.
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/upload"),
+        (reqwest::Method::DELETE, "/api/status/x"),
+        (reqwest::Method::POST, "/healthz"),
+    ] {
+        let resp = app
+            .http
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(method.as_str()) && message.contains("/docs"),
+            "{body}"
+        );
+    }
+
+    // The root names the API and its documentation.
+    let resp = app.http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = resp.text().await.unwrap();
+    assert!(
+        page.contains("href=\"/docs\"") && page.contains("/api/upload"),
+        "{page}"
     );
 
     // Not multipart: 415.

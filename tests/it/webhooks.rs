@@ -273,4 +273,28 @@ db_test!(the_generated_secret_is_kept_in_the_database, |db| {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), first);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("webhook secret of the database at"), "{said}");
+    assert!(!said.contains(":imgbatch_test_pw@"),);
 });
+
+/// Run from the wrong folder, `webhook-secret` must not make a new, empty database and print
+/// a secret nobody uses: it names the database it tried and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secret_refuses_a_missing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nowhere/imgbatch.db", dir.path().display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgbatch"))
+        .args(["webhook-secret", "--database-url", &url])
+        .env_remove("IMGBATCH_WEBHOOK_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no secret printed");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("there is no database at") && said.contains(&url),
+        "{said}"
+    );
+    assert!(!dir.path().join("nowhere").exists(), "nothing was created");
+}
