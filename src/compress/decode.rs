@@ -12,6 +12,8 @@ use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageResult, Limits};
 
+use crate::jpeg::StructureProblem;
+
 use super::encode::encode_jpeg;
 use super::pixels::to_opaque_8bit;
 use super::policy::requantize_if_eligible;
@@ -188,81 +190,12 @@ impl Job<'_> {
 /// "ends with FF D9" check would wrongly reject. Anything structurally odd that is neither of the
 /// above is left for the decoder to judge.
 fn check_jpeg_structure(bytes: &[u8]) -> Result<(), &'static str> {
-    const TRUNCATED: &str = "data is truncated (no end-of-image marker)";
-    const NON_INTERLEAVED: &str = "unsupported: sequential JPEG with colour components in \
-                                   separate scans (non-interleaved); re-save it as a standard \
-                                   or progressive JPEG";
-    const SOF0_BASELINE: u8 = 0xC0;
-    const SOF1_EXTENDED: u8 = 0xC1;
-    const SOS: u8 = 0xDA;
-    const EOI: u8 = 0xD9;
-
-    let len = bytes.len();
-    // Number of components in the frame, if it is a Huffman sequential (non-progressive) one.
-    let mut sequential_components: Option<u8> = None;
-    let mut i = 2; // past SOI, which `sniff` verified
-    loop {
-        // Find the next marker. Stray bytes between segments are tolerated (libjpeg skips them
-        // with a warning); any number of 0xFF fill bytes may precede the marker code.
-        match bytes[i.min(len)..].iter().position(|&b| b == 0xFF) {
-            Some(offset) => i += offset,
-            None => return Err(TRUNCATED),
-        }
-        while i < len && bytes[i] == 0xFF {
-            i += 1;
-        }
-        let Some(&marker) = bytes.get(i) else {
-            return Err(TRUNCATED);
-        };
-        i += 1;
-        match marker {
-            EOI => return Ok(()),
-            // Markers without a length field: TEM, RSTn, a repeated SOI, and 0x00 which only
-            // means "escaped FF" but may appear in garbage between segments.
-            0x00 | 0x01 | 0xD0..=0xD8 => continue,
-            _ => {}
-        }
-        let Some(length) = bytes.get(i..i + 2) else {
-            return Err(TRUNCATED);
-        };
-        let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
-        if length < 2 {
-            return Ok(()); // corrupt, not truncated: let the decoder produce the real error
-        }
-        let payload = bytes.get(i + 2..i + length);
-        i += length;
-        if i > len {
-            return Err(TRUNCATED);
-        }
-        match (marker, payload) {
-            // SOF payload: precision, height (2), width (2), component count, ...
-            (SOF0_BASELINE | SOF1_EXTENDED, Some(&[_, _, _, _, _, components, ..])) => {
-                sequential_components = Some(components);
-            }
-            // SOS payload: component count in this scan, ...
-            (SOS, Some(&[scan_components, ..]))
-                if sequential_components.is_some_and(|frame| scan_components < frame) =>
-            {
-                return Err(NON_INTERLEAVED);
-            }
-            _ => {}
-        }
-        if marker == SOS {
-            i = skip_entropy_coded_data(bytes, i).ok_or(TRUNCATED)?;
-        }
-    }
-}
-
-/// Returns the offset of the marker that ends the scan starting at `i`, or `None` if the data
-/// ends first. Inside a scan `FF 00` is an escaped data byte and `FF D0`..`FF D7` are restart
-/// markers; any other `FF xx` ends the scan.
-fn skip_entropy_coded_data(bytes: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        i += bytes.get(i..)?.iter().position(|&b| b == 0xFF)?;
-        match *bytes.get(i + 1)? {
-            0x00 | 0xD0..=0xD7 => i += 2,
-            0xFF => i += 1, // fill byte; look at the next one
-            _ => return Some(i),
-        }
+    match crate::jpeg::check_structure(bytes) {
+        Ok(()) => Ok(()),
+        Err(StructureProblem::Truncated) => Err("data is truncated (no end-of-image marker)"),
+        Err(StructureProblem::NonInterleaved) => Err(
+            "unsupported: sequential JPEG with colour components in separate scans \
+             (non-interleaved); re-save it as a standard or progressive JPEG",
+        ),
     }
 }
