@@ -1,5 +1,6 @@
 //! Downloading one input image: streamed with a byte cap, bounded in time, redirects followed by
-//! hand so that every hop is checked again, and failures sorted into permanent and transient.
+//! hand so that every hop is checked again, and failures sorted into permanent and transient,
+//! each with its kind ([`ErrorCode`]) decided where it is made.
 
 use std::time::Duration;
 
@@ -8,17 +9,47 @@ use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 
 use crate::config::Config;
+use crate::failure::{ErrorCode, Failure};
 use crate::memory::{MemoryBudget, Reservation};
 use crate::net::{self, AddressPolicy};
 
+/// Why a download failed: its kind, what a person reads, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FetchError {
-    /// Trying again will not help (404, too large, refused address, …).
-    #[error("{0}")]
-    Permanent(String),
-    /// May work later (timeout, connection reset, 5xx, 408, 429).
-    #[error("{0}")]
-    Transient(String),
+#[error("{message}")]
+pub struct FetchError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// May work later (timeout, connection reset, 5xx, 408, 429); otherwise trying again will
+    /// not help (404, too large, refused address, …).
+    pub transient: bool,
+}
+
+impl FetchError {
+    fn permanent(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    fn transient(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+impl From<FetchError> for Failure {
+    fn from(e: FetchError) -> Self {
+        Failure::new(e.code, e.message)
+    }
 }
 
 #[derive(Clone)]
@@ -70,7 +101,7 @@ impl Fetcher {
         let mut reservation = budget
             .reserve(declared.unwrap_or(UNDECLARED_GUESS))
             .await
-            .ok_or_else(|| FetchError::Transient("shutting down".into()))?;
+            .ok_or_else(|| FetchError::transient(ErrorCode::Interrupted, "shutting down"))?;
         let body = self.timed(self.read_body(response, declared)).await?;
         let len = body.len() as u64;
         if len > reservation.bytes() {
@@ -90,28 +121,32 @@ impl Fetcher {
     ) -> Result<T, FetchError> {
         match tokio::time::timeout(self.timeout, step).await {
             Ok(r) => r,
-            Err(_) => Err(FetchError::Transient(format!(
-                "download timed out after {}",
-                humantime::format_duration(self.timeout)
-            ))),
+            Err(_) => Err(FetchError::transient(
+                ErrorCode::Timeout,
+                format!(
+                    "download timed out after {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            )),
         }
     }
 
     /// Sends the request, following redirects, up to a successful response's headers.
     async fn request(&self, url: &str) -> Result<reqwest::Response, FetchError> {
-        let mut url =
-            url::Url::parse(url).map_err(|e| FetchError::Permanent(format!("invalid URL: {e}")))?;
+        let mut url = url::Url::parse(url).map_err(|e| {
+            FetchError::permanent(ErrorCode::InvalidUrl, format!("invalid URL: {e}"))
+        })?;
         let mut hops = 0;
         let response = loop {
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(FetchError::Permanent(format!(
-                    "unsupported URL scheme {:?}",
-                    url.scheme()
-                )));
+                return Err(FetchError::permanent(
+                    ErrorCode::InvalidUrl,
+                    format!("unsupported URL scheme {:?}", url.scheme()),
+                ));
             }
             self.policy
                 .check_url(&url)
-                .map_err(|e| FetchError::Permanent(e.to_string()))?;
+                .map_err(|e| FetchError::permanent(ErrorCode::RefusedAddress, e.to_string()))?;
             let resp = self
                 .client
                 .get(url.clone())
@@ -121,21 +156,29 @@ impl Fetcher {
             let status = resp.status();
             if status.is_redirection() {
                 if hops >= self.max_redirects {
-                    return Err(FetchError::Permanent(format!(
-                        "more than {} redirects",
-                        self.max_redirects
-                    )));
+                    return Err(FetchError::permanent(
+                        ErrorCode::TooManyRedirects,
+                        format!("more than {} redirects", self.max_redirects),
+                    ));
                 }
                 let location = resp
                     .headers()
                     .get(LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| {
-                        FetchError::Permanent(format!("HTTP {status} without a Location"))
+                        // The origin's fault, not the URL's: a redirect that cannot be
+                        // followed.
+                        FetchError::permanent(
+                            ErrorCode::HttpError,
+                            format!("HTTP {status} without a Location"),
+                        )
                     })?;
-                url = url
-                    .join(location)
-                    .map_err(|e| FetchError::Permanent(format!("bad redirect Location: {e}")))?;
+                url = url.join(location).map_err(|e| {
+                    FetchError::permanent(
+                        ErrorCode::InvalidUrl,
+                        format!("bad redirect Location: {e}"),
+                    )
+                })?;
                 hops += 1;
                 continue;
             }
@@ -181,35 +224,40 @@ fn declared_length(response: &reqwest::Response) -> Option<u64> {
 }
 
 fn too_large(max: u64) -> FetchError {
-    FetchError::Permanent(format!("image is larger than the limit of {max} bytes"))
+    FetchError::permanent(
+        ErrorCode::TooLarge,
+        format!("image is larger than the limit of {max} bytes"),
+    )
 }
 
 fn status_error(status: StatusCode) -> FetchError {
     let msg = format!("origin answered HTTP {status}");
-    if status.is_server_error()
+    if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+        FetchError::permanent(ErrorCode::NotFound, msg)
+    } else if status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
     {
-        FetchError::Transient(msg)
+        FetchError::transient(ErrorCode::HttpError, msg)
     } else {
-        FetchError::Permanent(msg)
+        FetchError::permanent(ErrorCode::HttpError, msg)
     }
 }
 
 fn classify(e: reqwest::Error) -> FetchError {
     if let Some(refused) = net::find_refusal(&e) {
-        return FetchError::Permanent(refused.to_string());
+        return FetchError::permanent(ErrorCode::RefusedAddress, refused.to_string());
     }
-    let what = if e.is_timeout() {
-        "timed out"
+    let (code, what) = if e.is_timeout() {
+        (ErrorCode::Timeout, "timed out")
     } else if e.is_connect() {
-        "could not connect"
+        (ErrorCode::Connection, "could not connect")
     } else if e.is_body() || e.is_decode() {
-        "connection broke while downloading"
+        (ErrorCode::Connection, "connection broke while downloading")
     } else {
-        "request failed"
+        (ErrorCode::Connection, "request failed")
     };
-    FetchError::Transient(format!("{what}: {}", root_cause(&e)))
+    FetchError::transient(code, format!("{what}: {}", root_cause(&e)))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -226,29 +274,37 @@ mod tests {
 
     #[test]
     fn statuses_are_sorted() {
-        assert!(matches!(
-            status_error(StatusCode::NOT_FOUND),
-            FetchError::Permanent(_)
-        ));
-        assert!(matches!(
-            status_error(StatusCode::FORBIDDEN),
-            FetchError::Permanent(_)
-        ));
-        assert!(matches!(
-            status_error(StatusCode::INTERNAL_SERVER_ERROR),
-            FetchError::Transient(_)
-        ));
-        assert!(matches!(
-            status_error(StatusCode::BAD_GATEWAY),
-            FetchError::Transient(_)
-        ));
-        assert!(matches!(
-            status_error(StatusCode::REQUEST_TIMEOUT),
-            FetchError::Transient(_)
-        ));
-        assert!(matches!(
-            status_error(StatusCode::TOO_MANY_REQUESTS),
-            FetchError::Transient(_)
-        ));
+        let cases = [
+            (StatusCode::NOT_FOUND, ErrorCode::NotFound, false),
+            (StatusCode::GONE, ErrorCode::NotFound, false),
+            (StatusCode::FORBIDDEN, ErrorCode::HttpError, false),
+            (StatusCode::BAD_REQUEST, ErrorCode::HttpError, false),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::HttpError,
+                true,
+            ),
+            (StatusCode::BAD_GATEWAY, ErrorCode::HttpError, true),
+            (StatusCode::REQUEST_TIMEOUT, ErrorCode::HttpError, true),
+            (StatusCode::TOO_MANY_REQUESTS, ErrorCode::HttpError, true),
+        ];
+        for (status, code, transient) in cases {
+            let e = status_error(status);
+            assert_eq!((e.code, e.is_transient()), (code, transient), "{status}");
+            assert_eq!(e.to_string(), format!("origin answered HTTP {status}"));
+        }
+    }
+
+    #[test]
+    fn too_large_is_permanent_and_keeps_its_message() {
+        let e = too_large(10);
+        assert_eq!((e.code, e.is_transient()), (ErrorCode::TooLarge, false));
+        assert_eq!(e.to_string(), "image is larger than the limit of 10 bytes");
+        let failure = Failure::from(e);
+        assert_eq!(failure.code, ErrorCode::TooLarge);
+        assert_eq!(
+            failure.message,
+            "image is larger than the limit of 10 bytes"
+        );
     }
 }

@@ -29,6 +29,8 @@ mod tests;
 
 use std::panic::{self, UnwindSafe};
 
+use crate::failure::{ErrorCode, Failure};
+
 pub use estimate::working_memory;
 pub use policy::takes_fast_path;
 pub use sniff::sniff;
@@ -131,6 +133,26 @@ pub enum CompressError {
     /// crafted input reaching a bug in a codec must not take down a worker thread.
     #[error("decoder crashed: {0}")]
     Panicked(String),
+}
+
+impl CompressError {
+    /// The failure kind stored and reported for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CompressError::NotAnImage(_) => ErrorCode::NotAnImage,
+            CompressError::TooManyPixels { .. } => ErrorCode::TooManyPixels,
+            CompressError::Decode { .. } => ErrorCode::Undecodable,
+            CompressError::Encode(_) => ErrorCode::EncodeFailed,
+            // A decoder bug reached by these bytes: to the user, the image did not decode.
+            CompressError::Panicked(_) => ErrorCode::Undecodable,
+        }
+    }
+}
+
+impl From<CompressError> for Failure {
+    fn from(e: CompressError) -> Self {
+        Failure::new(e.code(), e.to_string())
+    }
 }
 
 /// Recompresses `bytes` (any supported format) into a metadata-free JPEG.

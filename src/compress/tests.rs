@@ -479,3 +479,39 @@ fn decoder_panic_becomes_an_error() {
         other => panic!("expected Panicked, got {other:?}"),
     }
 }
+
+#[test]
+fn errors_carry_their_kind() {
+    use crate::failure::ErrorCode;
+    let too_big = encode_as(photo_like(20, 20), ImageFormat::Png);
+    let small = CompressOptions {
+        max_pixels: 100,
+        ..OPTS
+    };
+    let truncated = jpeg_fixture(&photo_like(64, 64), 90);
+    let cases = [
+        (compress(b"<html></html>", &OPTS), ErrorCode::NotAnImage),
+        (compress(&too_big, &small), ErrorCode::TooManyPixels),
+        (
+            compress(&truncated[..truncated.len() / 2], &OPTS),
+            ErrorCode::Undecodable,
+        ),
+    ];
+    for (result, code) in cases {
+        let e = result.unwrap_err();
+        assert_eq!(e.code(), code, "{e}");
+        let message = e.to_string();
+        assert_eq!(
+            crate::failure::Failure::from(e),
+            crate::failure::Failure::new(code, message)
+        );
+    }
+    assert_eq!(
+        CompressError::Encode("x".into()).code(),
+        ErrorCode::EncodeFailed
+    );
+    assert_eq!(
+        CompressError::Panicked("x".into()).code(),
+        ErrorCode::Undecodable
+    );
+}

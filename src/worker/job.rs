@@ -6,7 +6,6 @@ use chrono::Utc;
 
 use super::{backoff, Ctx};
 use crate::compress::{compress, working_memory, CompressOptions};
-use crate::fetch::FetchError;
 use crate::metrics::{failure_reason, METRICS};
 use crate::store::{ImageJob, ImageOutput, JobOutcome};
 
@@ -53,8 +52,8 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
         .await
     {
         Ok(b) => b,
-        Err(FetchError::Permanent(error)) => return JobOutcome::Failed { error },
-        Err(FetchError::Transient(error)) => return retry_or_fail(ctx, job, error),
+        Err(e) if !e.is_transient() => return JobOutcome::Failed { error: e.message },
+        Err(e) => return retry_or_fail(ctx, job, e.message),
     };
     let bytes_in = bytes.len() as i64;
     let opts = CompressOptions {
