@@ -34,6 +34,8 @@ mod resample;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use parse::{check_structure, StructureProblem};
+
 use std::fmt;
 
 /// Why a JPEG could not be read or written; the message is meant for logs and status bodies.

@@ -47,11 +47,40 @@ struct State {
     saw_app14_rgb_ids: bool,
 }
 
-fn be16(d: &[u8], p: usize) -> Result<u16, JpegError> {
-    match d.get(p..p + 2) {
-        Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
-        None => err("unexpected end of data"),
+/// Skips the fill bytes (any number of 0xFF) at `pos` and reads the marker code after them:
+/// the code and the offset just past it, or None if the data ends first.
+fn read_marker_code(data: &[u8], mut pos: usize) -> Option<(u8, usize)> {
+    while pos < data.len() && data[pos] == 0xFF {
+        pos += 1;
     }
+    let &marker = data.get(pos)?;
+    Some((marker, pos + 1))
+}
+
+/// Why the length field of a marker segment cannot be followed. Kept apart because the strict
+/// reader and the structure check judge them differently.
+enum BadSegment {
+    /// The data ends inside the length field.
+    NoLength,
+    /// A length under 2, which cannot even cover itself: corruption, not truncation.
+    TooShort,
+    /// The segment runs past the end of the data.
+    PastEnd,
+}
+
+/// The payload of the segment whose length field is at `pos`, and the offset after it.
+fn read_segment(data: &[u8], pos: usize) -> Result<(&[u8], usize), BadSegment> {
+    let Some(b) = data.get(pos..pos + 2) else {
+        return Err(BadSegment::NoLength);
+    };
+    let len = usize::from(u16::from_be_bytes([b[0], b[1]]));
+    if len < 2 {
+        return Err(BadSegment::TooShort);
+    }
+    if pos + len > data.len() {
+        return Err(BadSegment::PastEnd);
+    }
+    Ok((&data[pos + 2..pos + len], pos + len))
 }
 
 /// Reads headers up to the first scan, for path decisions.
@@ -111,25 +140,26 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
         if data[pos] != 0xFF {
             return err(format!("expected a marker at offset {pos}"));
         }
-        while pos < data.len() && data[pos] == 0xFF {
-            pos += 1;
-        }
-        let Some(&marker) = data.get(pos) else {
+        let Some((marker, next)) = read_marker_code(data, pos) else {
             return err("missing EOI marker");
         };
-        pos += 1;
+        pos = next;
         match marker {
             0xD9 => break,
             0xD0..=0xD7 | 0x01 => continue, // stray standalone markers: nothing to do
             0xD8 => return err("unexpected SOI marker"),
             _ => {}
         }
-        let len = be16(data, pos)? as usize;
-        if len < 2 || pos + len > data.len() {
-            return err("marker segment runs past the end of data");
-        }
-        let seg = &data[pos + 2..pos + len];
-        pos += len;
+        let seg = match read_segment(data, pos) {
+            Ok((seg, next)) => {
+                pos = next;
+                seg
+            }
+            Err(BadSegment::NoLength) => return err("unexpected end of data"),
+            Err(BadSegment::TooShort | BadSegment::PastEnd) => {
+                return err("marker segment runs past the end of data")
+            }
+        };
         match marker {
             0xC0..=0xC2 => {
                 if st.frame.is_some() {
@@ -181,6 +211,82 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
     }
     finalize_support(&mut st);
     Ok(st)
+}
+
+/// What [`check_structure`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StructureProblem {
+    /// No EOI marker after the last scan: the data ends inside a segment or a scan.
+    Truncated,
+    /// A sequential (SOF0/SOF1) frame with a scan that codes fewer components than the frame
+    /// has.
+    NonInterleaved,
+}
+
+/// Walks every segment and scan of a file that starts with SOI, for the two problems the pixel
+/// path must catch before its decoder sees them (see `compress::decode`). Much more lenient
+/// than [`walk`]: stray bytes between segments and repeated SOIs are skipped, and anything
+/// corrupt but not truncated passes, because the decoder that runs next reports it better.
+/// Scans are skipped without decoding them.
+pub(crate) fn check_structure(data: &[u8]) -> Result<(), StructureProblem> {
+    use StructureProblem::{NonInterleaved, Truncated};
+    let len = data.len();
+    // Components in the frame, if it is a Huffman sequential (non-progressive) one.
+    let mut sequential_components: Option<u8> = None;
+    let mut pos = 2;
+    loop {
+        match data[pos.min(len)..].iter().position(|&b| b == 0xFF) {
+            Some(offset) => pos += offset,
+            None => return Err(Truncated),
+        }
+        let (marker, next) = read_marker_code(data, pos).ok_or(Truncated)?;
+        pos = next;
+        match marker {
+            0xD9 => return Ok(()),
+            // No length field: TEM, RSTn, a repeated SOI, and 0x00, which only means "escaped
+            // FF" but may turn up in garbage between segments.
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let seg = match read_segment(data, pos) {
+            Ok((seg, next)) => {
+                pos = next;
+                seg
+            }
+            Err(BadSegment::TooShort) => return Ok(()),
+            Err(BadSegment::NoLength | BadSegment::PastEnd) => return Err(Truncated),
+        };
+        match (marker, seg) {
+            // SOF payload: precision, height (2), width (2), component count, ...
+            (0xC0 | 0xC1, &[_, _, _, _, _, components, ..]) => {
+                sequential_components = Some(components);
+            }
+            // SOS payload: component count in this scan, ...
+            (0xDA, &[scan_components, ..])
+                if sequential_components.is_some_and(|frame| scan_components < frame) =>
+            {
+                return Err(NonInterleaved);
+            }
+            _ => {}
+        }
+        if marker == 0xDA {
+            pos = skip_entropy_coded_data(data, pos).ok_or(Truncated)?;
+        }
+    }
+}
+
+/// The offset of the marker that ends the scan starting at `pos`, or None if the data ends
+/// first. Inside a scan `FF 00` is an escaped data byte and `FF D0`..`FF D7` are restart
+/// markers; any other `FF xx` ends the scan.
+fn skip_entropy_coded_data(data: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        pos += data.get(pos..)?.iter().position(|&b| b == 0xFF)?;
+        match *data.get(pos + 1)? {
+            0x00 | 0xD0..=0xD7 => pos += 2,
+            0xFF => pos += 1, // a fill byte: look at the next one
+            _ => return Some(pos),
+        }
+    }
 }
 
 fn read_sof(st: &mut State, seg: &[u8], progressive: bool) -> Result<(), JpegError> {

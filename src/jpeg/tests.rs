@@ -265,6 +265,34 @@ fn truncated_input_is_an_error() {
 }
 
 #[test]
+fn structure_check_finds_truncation_and_tolerates_the_rest() {
+    let o = Enc {
+        progressive: false,
+        q: 75,
+        sampling: SamplingFactor::F_2_2,
+        restart: Some(1),
+        grayscale: false,
+    };
+    let input = encode_case(24, 20, o);
+    assert_eq!(check_structure(&input), Ok(()));
+    for len in 2..input.len() {
+        assert_eq!(
+            check_structure(&input[..len]),
+            Err(StructureProblem::Truncated),
+            "truncated to {len}"
+        );
+    }
+    // Stray bytes between segments and data after EOI are left to the decoder.
+    let mut stray = input[..2].to_vec();
+    stray.extend_from_slice(b"junk");
+    stray.extend_from_slice(&input[2..]);
+    stray.extend_from_slice(b"trailing video");
+    assert_eq!(check_structure(&stray), Ok(()));
+    // So is a length field under 2: corrupt, not truncated.
+    assert_eq!(check_structure(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 1]), Ok(()));
+}
+
+#[test]
 fn corrupt_input_never_panics() {
     let o = Enc {
         progressive: false,

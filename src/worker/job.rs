@@ -85,7 +85,7 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
     let limit = ctx.config.limits.decode_timeout;
     let c = match tokio::time::timeout(limit, work).await {
         Ok(Ok(Ok(c))) => c,
-        Ok(Ok(Err(e))) => return JobOutcome::Failed(Failure::new(e.code(), e.to_string())),
+        Ok(Ok(Err(e))) => return JobOutcome::Failed(e.into()),
         Ok(Err(e)) => {
             return JobOutcome::Failed(Failure::new(
                 ErrorCode::Undecodable,

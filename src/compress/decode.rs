@@ -1,0 +1,201 @@
+//! The pixel path: the header checked against the limits, then the decoder run with limits of
+//! its own, its output made opaque 8-bit, oriented and encoded.
+
+use std::io::Cursor;
+
+use image::codecs::bmp::BmpDecoder;
+use image::codecs::gif::GifDecoder;
+use image::codecs::jpeg::JpegDecoder;
+use image::codecs::png::PngDecoder;
+use image::codecs::tiff::TiffDecoder;
+use image::codecs::webp::WebPDecoder;
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageError, ImageResult, Limits};
+
+use crate::jpeg::StructureProblem;
+
+use super::encode::encode_jpeg;
+use super::pixels::to_opaque_8bit;
+use super::policy::requantize_if_eligible;
+use super::{sniff, Codec, CompressError, CompressOptions, Compressed, InputFormat};
+
+/// The largest width or height a JPEG frame header can express.
+pub(super) const JPEG_MAX_DIMENSION: u32 = u16::MAX as u32;
+
+/// Widest decoded pixel `image` can hand us (RGBA, 32-bit float per channel). Used only to size
+/// the allocation backstop, which must never reject an image that passed the pixel check.
+const MAX_BYTES_PER_PIXEL: u64 = 16;
+
+/// Headroom on top of the pixel buffer for decoders' own scratch space (PNG chunk buffers, TIFF
+/// strips, a GIF frame smaller than its canvas...).
+const DECODER_SCRATCH_BYTES: u64 = 64 * 1024 * 1024;
+
+pub(super) fn compress_unguarded(
+    bytes: &[u8],
+    opts: &CompressOptions,
+) -> Result<Compressed, CompressError> {
+    let format = sniff(bytes)?;
+    // Decoders are built directly (rather than through `ImageReader`) so that the format we
+    // sniffed is exactly the decoder that runs, and so we can inspect the header in between.
+    let reader = Cursor::new(bytes);
+    let ctx = Job {
+        bytes,
+        format,
+        opts,
+    };
+    if format == InputFormat::Jpeg {
+        if let Some(done) = requantize_if_eligible(bytes, opts)? {
+            return Ok(done);
+        }
+    }
+    match format {
+        InputFormat::Jpeg => ctx.run(JpegDecoder::new(reader)),
+        // PNG is the one decoder that takes its memory limit at construction time. Only the
+        // allocation cap goes in here: a dimension limit would make the constructor fail with a
+        // generic limit error before we could report the dimensions as `TooManyPixels`.
+        InputFormat::Png => ctx.run(PngDecoder::with_limits(reader, ctx.limits(false))),
+        InputFormat::WebP => ctx.run(WebPDecoder::new(reader)),
+        // `GifDecoder` as an `ImageDecoder` reads exactly one frame (the first) and stops, so an
+        // animation with thousands of frames costs the same as a still image. Never use
+        // `into_frames()` here.
+        InputFormat::Gif => ctx.run(GifDecoder::new(reader)),
+        InputFormat::Bmp => ctx.run(BmpDecoder::new(reader)),
+        InputFormat::Tiff => ctx.run(TiffDecoder::new(reader)),
+    }
+}
+
+/// Per-call context shared by the format-specific steps.
+struct Job<'a> {
+    bytes: &'a [u8],
+    format: InputFormat,
+    opts: &'a CompressOptions,
+}
+
+impl Job<'_> {
+    fn decode_error(&self, reason: impl Into<String>) -> CompressError {
+        CompressError::Decode {
+            format: self.format.as_str(),
+            reason: reason.into(),
+        }
+    }
+
+    fn image_error(&self, err: ImageError) -> CompressError {
+        match err {
+            ImageError::Limits(e) => self.decode_error(format!("exceeds decoding limits: {e}")),
+            ImageError::Unsupported(e) => self.decode_error(format!("unsupported: {e}")),
+            other => self.decode_error(other.to_string()),
+        }
+    }
+
+    /// Decoding limits derived from `max_pixels`: a second line of defence behind our own header
+    /// check, which also covers allocations the header does not predict (decoder scratch
+    /// buffers, a GIF frame larger than its canvas, TIFF strips).
+    fn limits(&self, with_dimensions: bool) -> Limits {
+        let mut limits = Limits::default();
+        limits.max_alloc = Some(
+            self.opts
+                .max_pixels
+                .saturating_mul(MAX_BYTES_PER_PIXEL)
+                .saturating_add(DECODER_SCRATCH_BYTES),
+        );
+        if with_dimensions {
+            // A side longer than max_pixels implies more than max_pixels pixels.
+            let max_side = u32::try_from(self.opts.max_pixels).unwrap_or(u32::MAX);
+            limits.max_image_width = Some(max_side);
+            limits.max_image_height = Some(max_side);
+        }
+        limits
+    }
+
+    fn run<D: ImageDecoder>(&self, decoder: ImageResult<D>) -> Result<Compressed, CompressError> {
+        let mut decoder = decoder.map_err(|e| self.image_error(e))?;
+
+        // 1. Header checks, before a single pixel buffer exists.
+        let (width, height) = decoder.dimensions();
+        if u64::from(width) * u64::from(height) > self.opts.max_pixels {
+            return Err(CompressError::TooManyPixels {
+                width,
+                height,
+                max: self.opts.max_pixels,
+            });
+        }
+        if width == 0 || height == 0 {
+            return Err(
+                self.decode_error(format!("header declares an empty {width}x{height} image"))
+            );
+        }
+        if width > JPEG_MAX_DIMENSION || height > JPEG_MAX_DIMENSION {
+            // Orientation may swap the sides, so both must fit regardless.
+            return Err(CompressError::Encode(format!(
+                "{width}x{height} exceeds JPEG's maximum of {JPEG_MAX_DIMENSION} pixels per side"
+            )));
+        }
+        if self.format == InputFormat::Jpeg {
+            check_jpeg_structure(self.bytes).map_err(|reason| self.decode_error(reason))?;
+        }
+
+        // A broken or unreadable EXIF block is metadata damage, not image damage: keep the
+        // pixels as stored rather than rejecting an otherwise good image.
+        let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+
+        // 2. Decode, with limits enforced inside the decoder too. The main buffer is reserved
+        //    against the allocation budget first, as `ImageReader::decode` does, so that what is
+        //    left over is what the decoder may use for scratch.
+        let mut limits = self.limits(true);
+        limits
+            .reserve(decoder.total_bytes())
+            .map_err(|e| self.image_error(e))?;
+        decoder
+            .set_limits(limits)
+            .map_err(|e| self.image_error(e))?;
+        let image = DynamicImage::from_decoder(decoder).map_err(|e| self.image_error(e))?;
+
+        // 3. To 8-bit gray or RGB, transparency flattened onto white, then oriented. Orientation
+        //    runs last so that a rotation never has to move 16-bit samples.
+        let mut pixels = to_opaque_8bit(image);
+        pixels.apply_orientation(orientation);
+
+        // 4. Encode. The pixels go in by value: the encoder frees them as soon as it no longer
+        //    needs them, before the Huffman pass allocates the coefficients.
+        let (width, height) = (pixels.width, pixels.height);
+        let jpeg = encode_jpeg(pixels, self.opts.quality)?;
+        Ok(Compressed {
+            jpeg,
+            width,
+            height,
+            input_format: self.format,
+            codec: Codec::Pixels,
+        })
+    }
+}
+
+/// Checks the JPEG marker structure for two kinds of input that zune-jpeg (behind `image`)
+/// "decodes" successfully into wrong pixels, and turns them into errors.
+///
+/// 1. Truncation. zune-jpeg is lenient: when the entropy-coded data runs out it fills the rest of
+///    the picture with grey and reports success. For us that would silently publish a half-grey
+///    product photo, typically from a download that was cut short. So we require an EOI marker
+///    after the last scan. The trade-off: the rare encoder that omits the final EOI from an
+///    otherwise complete file is rejected too, because we cannot tell it from a truncated one.
+///
+/// 2. Sequential (non-progressive) colour JPEGs whose components are coded in separate scans.
+///    They are valid, and browsers decode them, but zune-jpeg 0.5.15 turns them into colour noise
+///    without an error (zune-image issues #419/#422, fixed upstream after that release). An error
+///    the user can see beats a garbage image nobody notices. Remove this check once the lockfile
+///    has a zune-jpeg with the fix; `non_interleaved_jpeg_input_is_rejected` will then fail and say so.
+///
+/// Walking segments (instead of searching for `FF D9`) matters twice over: an EXIF thumbnail
+/// carries its own EOI inside APP1, which a naive search would accept for a truncated main
+/// image; and phones append data after the real EOI (Motion Photos, MPF), which an
+/// "ends with FF D9" check would wrongly reject. Anything structurally odd that is neither of the
+/// above is left for the decoder to judge.
+fn check_jpeg_structure(bytes: &[u8]) -> Result<(), &'static str> {
+    match crate::jpeg::check_structure(bytes) {
+        Ok(()) => Ok(()),
+        Err(StructureProblem::Truncated) => Err("data is truncated (no end-of-image marker)"),
+        Err(StructureProblem::NonInterleaved) => Err(
+            "unsupported: sequential JPEG with colour components in separate scans \
+             (non-interleaved); re-save it as a standard or progressive JPEG",
+        ),
+    }
+}

@@ -1,0 +1,185 @@
+//! Decode → JPEG re-encode, the CPU-bound heart of a job.
+//!
+//! This module is deliberately pure and synchronous: it takes the downloaded bytes and returns
+//! the JPEG, touching no I/O, clock or global state, so callers can run it on a blocking thread
+//! pool and test it without a runtime. Every error it returns is a property of the bytes
+//! themselves, so retrying the same bytes can never succeed; callers treat them all as permanent.
+//!
+//! Untrusted input drives everything here, so the order of operations is defensive: sniff the
+//! magic number, read only the header, refuse oversized images, and only then allocate and decode
+//! — all inside `catch_unwind`, so that a bug in a third-party decoder costs one image, not the
+//! worker.
+//!
+//! Layout: `sniff` (the format from the magic number, and what a non-image looks like),
+//! `policy` (whether a JPEG takes the DCT-domain fast path), `decode` (the pixel path: header
+//! checks, limits, decoding), `pixels` (conversion to opaque 8-bit), `encode` (the JPEG
+//! encoders), `estimate` (the memory a compression will need, from headers alone).
+
+mod decode;
+mod encode;
+mod estimate;
+mod pixels;
+mod policy;
+mod sniff;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;
+
+use std::panic::{self, UnwindSafe};
+
+use crate::failure::{ErrorCode, Failure};
+
+pub use estimate::working_memory;
+pub use policy::takes_fast_path;
+pub use sniff::sniff;
+
+/// The input formats we accept, identified from the bytes alone.
+///
+/// Content-Type headers and URL extensions are routinely wrong (CDNs serve WebP as
+/// `image/jpeg`, error pages come back as `200 text/html`), so they are never consulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    Jpeg,
+    Png,
+    WebP,
+    Gif,
+    Bmp,
+    Tiff,
+}
+
+impl InputFormat {
+    /// Stable lower-case name, suitable for logs, metrics labels and stored job results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Jpeg => "jpeg",
+            InputFormat::Png => "png",
+            InputFormat::WebP => "webp",
+            InputFormat::Gif => "gif",
+            InputFormat::Bmp => "bmp",
+            InputFormat::Tiff => "tiff",
+        }
+    }
+}
+
+/// Knobs for one compression.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressOptions {
+    /// JPEG quality, 1-100. Values outside that range are clamped rather than rejected, because a
+    /// misconfigured quality is not the image's fault and must not fail every job.
+    pub quality: u8,
+    /// Largest `width * height` we are willing to decode. Decoded size, not file size, is what
+    /// costs memory: a 50 KB PNG can legitimately claim 100000x100000 pixels (a "decompression
+    /// bomb"), so this is checked from the header before any pixel buffer is allocated.
+    pub max_pixels: u64,
+}
+
+/// A successfully recompressed image.
+#[derive(Debug)]
+pub struct Compressed {
+    /// Baseline JPEG with no metadata segments (no EXIF, ICC, XMP): location data and camera
+    /// serials must not leak, and orientation has already been baked into the pixels.
+    pub jpeg: Vec<u8>,
+    /// Dimensions of `jpeg`, i.e. after EXIF orientation was applied.
+    pub width: u32,
+    pub height: u32,
+    pub input_format: InputFormat,
+    /// Which path made the output.
+    pub codec: Codec,
+}
+
+/// The two ways an output is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// JPEG in, JPEG out in the DCT domain: coefficients requantised, no pixels (crate::jpeg).
+    Requantized,
+    /// Decoded to pixels and encoded again.
+    Pixels,
+}
+
+impl Codec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::Requantized => "requantized",
+            Codec::Pixels => "pixels",
+        }
+    }
+}
+
+/// Why an image could not be compressed. All variants are permanent: they describe the bytes,
+/// and the same bytes will fail the same way on every attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    /// The body is not one of the supported image formats. The reason says what it looks like
+    /// instead (HTML error page, SVG, empty body...) because that is what a user needs to fix
+    /// their CSV.
+    #[error("not an image: {0}")]
+    NotAnImage(String),
+    /// Refused before decoding so that a decompression bomb costs nothing but a header parse.
+    #[error("image is {width}x{height} pixels, over the limit of {max} pixels")]
+    TooManyPixels { width: u32, height: u32, max: u64 },
+    /// The format was recognised but the data is truncated, corrupt, or uses a feature the
+    /// decoder does not support.
+    #[error("could not decode {format} image: {reason}")]
+    Decode {
+        format: &'static str,
+        reason: String,
+    },
+    /// The decoded image cannot be represented as a JPEG (e.g. a side longer than 65535).
+    #[error("could not encode JPEG: {0}")]
+    Encode(String),
+    /// A decoder or the encoder panicked. Surfaced as an error rather than propagated because
+    /// crafted input reaching a bug in a codec must not take down a worker thread.
+    #[error("decoder crashed: {0}")]
+    Panicked(String),
+}
+
+impl CompressError {
+    /// The failure kind stored and reported for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CompressError::NotAnImage(_) => ErrorCode::NotAnImage,
+            CompressError::TooManyPixels { .. } => ErrorCode::TooManyPixels,
+            CompressError::Decode { .. } => ErrorCode::Undecodable,
+            CompressError::Encode(_) => ErrorCode::EncodeFailed,
+            // A decoder bug reached by these bytes: to the user, the image did not decode.
+            CompressError::Panicked(_) => ErrorCode::Undecodable,
+        }
+    }
+}
+
+impl From<CompressError> for Failure {
+    fn from(e: CompressError) -> Self {
+        Failure::new(e.code(), e.to_string())
+    }
+}
+
+/// Recompresses `bytes` (any supported format) into a metadata-free JPEG.
+///
+/// Never panics: a panic anywhere inside the codecs is caught and returned as
+/// [`CompressError::Panicked`]. (That requires the default `panic = "unwind"`; the panic hook
+/// still runs, so the panic message also reaches stderr/logs.)
+pub fn compress(bytes: &[u8], opts: &CompressOptions) -> Result<Compressed, CompressError> {
+    let opts = *opts;
+    guarded(move || decode::compress_unguarded(bytes, &opts))
+}
+
+/// Runs `f`, turning a panic into [`CompressError::Panicked`].
+///
+/// Unwind safety holds because everything `f` mutates is created inside it and dropped on
+/// unwind; the inputs are shared references to plain data.
+fn guarded<T>(
+    f: impl FnOnce() -> Result<T, CompressError> + UnwindSafe,
+) -> Result<T, CompressError> {
+    panic::catch_unwind(f).unwrap_or_else(|payload| {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-string payload".to_owned()
+        };
+        Err(CompressError::Panicked(message))
+    })
+}
