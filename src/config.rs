@@ -1,4 +1,5 @@
-//! Every setting, as a flag and an environment variable (names from SPEC.md section 1).
+//! Every setting, as a flag and an environment variable (names from the product
+//! specification's settings).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,7 +1,8 @@
 //! The status body of a large request, streamed: read from one database snapshot a page at a
 //! time and sent as chunks (`Transfer-Encoding: chunked`) as it is read, so answering a
-//! 30,000-image request holds a page of rows, not all of them. SPEC.md wants one body with
-//! every output URL and every product, so paging the API itself was not an option.
+//! 30,000-image request holds a page of rows, not all of them. The product specification wants
+//! one body with every output URL and every product, so paging the API itself was not an
+//! option.
 //!
 //! A task of its own owns the snapshot (a read transaction) and feeds the response through a
 //! small bounded channel. The handler's future and the response body are dropped whenever the
