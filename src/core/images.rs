@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{commit, lease_until, JobOutcome, Settled};
 use crate::domain::Status;
+use crate::failure::Failure;
 use crate::store::backend::Backend;
 use crate::store::{Delta, ImageJob, ImageResult, StoreResult};
 
@@ -35,6 +36,27 @@ pub(super) async fn claim<B: Backend>(
     }
     commit::<B>(tx).await?;
     Ok(jobs)
+}
+
+/// What a transient failure on attempt `attempts` (of at most `max`) leads to: another attempt
+/// after a backoff from `base` (jittered, at most 10 minutes), or, with the attempts used up,
+/// a final failure of the same kind.
+pub fn after_failure(
+    failure: Failure,
+    attempts: i64,
+    max: i64,
+    base: Duration,
+    now: DateTime<Utc>,
+) -> JobOutcome {
+    if attempts >= max {
+        return JobOutcome::Failed(Failure::new(
+            failure.code,
+            format!("{} (gave up after {attempts} attempts)", failure.message),
+        ));
+    }
+    let delay = super::backoff(base, attempts.max(1) as u32, Duration::from_secs(600));
+    let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+    JobOutcome::Retry { failure, at }
 }
 
 /// The outcome's final fields and what it adds to its groups' counts; `None` for a retry.
@@ -135,4 +157,32 @@ pub(super) async fn settle<B: Backend>(
         request_finished: status.is_final().then_some(status),
     };
     Ok((settled, delivery_queued))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::ErrorCode;
+
+    #[test]
+    fn transient_failures_back_off_then_give_up_with_their_kind() {
+        let now = Utc::now();
+        let f = || Failure::new(ErrorCode::Timeout, "timed out");
+        let base = Duration::from_secs(2);
+        let JobOutcome::Retry { failure, at } = after_failure(f(), 1, 3, base, now) else {
+            panic!("retried")
+        };
+        assert_eq!(failure, f());
+        let wait = (at - now).num_milliseconds();
+        assert!((1000..3000).contains(&wait), "{wait} ms");
+        let JobOutcome::Retry { at, .. } = after_failure(f(), 2, 3, base, now) else {
+            panic!("retried")
+        };
+        assert!((at - now).num_milliseconds() >= 2000);
+        let JobOutcome::Failed(last) = after_failure(f(), 3, 3, base, now) else {
+            panic!("failed")
+        };
+        assert_eq!(last.code, ErrorCode::Timeout);
+        assert_eq!(last.message, "timed out (gave up after 3 attempts)");
+    }
 }

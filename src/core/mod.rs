@@ -7,6 +7,7 @@
 //! half-way: sqlx 0.8 can hand such a connection back to the pool with the transaction still
 //! open (sqlx issues #4385, #4393), breaking whoever gets it next.
 
+mod backoff;
 mod deliveries;
 mod images;
 mod requests;
@@ -25,6 +26,9 @@ pub use crate::store::{
     ProductRow, RequestDetail, RequestHead, RequestRow, RequestVersion, StoreError, StoreResult,
     Wakeup, Wakeups, WebhookRow,
 };
+pub use backoff::backoff;
+pub use deliveries::next_after_failure;
+pub use images::after_failure;
 pub use requests::ReadSnapshot;
 
 /// What storing an upload did.

@@ -4,9 +4,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::{backoff, Ctx};
+use super::Ctx;
 use crate::compress::{compress, working_memory, CompressOptions};
-use crate::core::{ImageJob, ImageOutput, JobOutcome};
+use crate::core::{after_failure, backoff, ImageJob, ImageOutput, JobOutcome};
 use crate::domain::Status;
 use crate::failure::{ErrorCode, Failure};
 use crate::metrics::METRICS;
@@ -132,26 +132,15 @@ fn shutting_down() -> Failure {
     Failure::new(ErrorCode::Interrupted, "shutting down")
 }
 
-/// A transient failure is tried again after a backoff, until the attempts run out; the last
-/// one fails for good with the same kind.
 fn retry_or_fail(ctx: &Ctx, job: &ImageJob, failure: Failure) -> JobOutcome {
-    let max = ctx.config.workers.max_attempts as i64;
-    if job.attempts >= max {
-        return JobOutcome::Failed(Failure::new(
-            failure.code,
-            format!(
-                "{} (gave up after {} attempts)",
-                failure.message, job.attempts
-            ),
-        ));
-    }
-    let delay = backoff(
-        ctx.config.workers.retry_base,
-        job.attempts as u32,
-        Duration::from_secs(600),
-    );
-    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-    JobOutcome::Retry { failure, at }
+    let workers = &ctx.config.workers;
+    after_failure(
+        failure,
+        job.attempts,
+        workers.max_attempts as i64,
+        workers.retry_base,
+        Utc::now(),
+    )
 }
 
 /// Records the outcome, riding out a database outage for as long as it lasts: this process

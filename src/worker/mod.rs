@@ -3,7 +3,6 @@
 //! moment and another (or the same, restarted) finishes the work.
 
 mod job;
-mod retry;
 mod webhooks;
 
 use std::sync::Arc;
@@ -15,12 +14,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::core::backoff;
 use crate::core::Core;
 use crate::fetch::Fetcher;
 use crate::memory::MemoryBudget;
 use crate::storage::Storage;
-
-pub use retry::backoff;
 
 /// Everything a job needs.
 pub(crate) struct Ctx {

@@ -2,16 +2,13 @@
 //! what follows it: delivered, a retry on the schedule, or given up.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use rand::Rng;
+use chrono::Utc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use crate::config::Schedule;
-use crate::core::{AttemptNext, AttemptRecord, DeliveryJob};
+use crate::core::{next_after_failure, AttemptNext, AttemptRecord, DeliveryJob};
 use crate::report::StatusBody;
 use crate::webhook::{SendOutcome, Sender};
 
@@ -137,47 +134,4 @@ async fn build_payload(ctx: &Ctx, job: &DeliveryJob) -> anyhow::Result<String> {
     let payload = serde_json::to_string(&body)?;
     ctx.core.set_delivery_payload(job.id, &payload).await?;
     Ok(payload)
-}
-
-/// After the `attempts`-th failed attempt: when to try again, or give up once the schedule
-/// is spent. A receiver's Retry-After wins over the schedule.
-pub fn next_after_failure(
-    schedule: &Schedule,
-    attempts: i64,
-    retry_after: Option<Duration>,
-    now: DateTime<Utc>,
-) -> AttemptNext {
-    let Some(delay) = schedule.0.get((attempts.max(1) - 1) as usize) else {
-        return AttemptNext::Failed;
-    };
-    // ±10% jitter, so deliveries that failed together do not retry together.
-    let jittered = delay.mul_f64(rand::rng().random_range(0.9..1.1));
-    let wait = retry_after.unwrap_or(jittered);
-    AttemptNext::Retry(now + chrono::Duration::from_std(wait).unwrap_or_default())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn follows_the_schedule_then_gives_up() {
-        let s = Schedule(vec![Duration::from_secs(5), Duration::from_secs(300)]);
-        let now = Utc::now();
-        let AttemptNext::Retry(at) = next_after_failure(&s, 1, None, now) else {
-            panic!()
-        };
-        let d = (at - now).num_milliseconds();
-        assert!((4500..=5500).contains(&d), "{d}");
-        let AttemptNext::Retry(at) = next_after_failure(&s, 2, None, now) else {
-            panic!()
-        };
-        assert!((at - now).num_seconds() >= 270);
-        assert_eq!(next_after_failure(&s, 3, None, now), AttemptNext::Failed);
-        let AttemptNext::Retry(at) = next_after_failure(&s, 1, Some(Duration::from_secs(60)), now)
-        else {
-            panic!()
-        };
-        assert_eq!((at - now).num_seconds(), 60);
-    }
 }

@@ -1,3 +1,5 @@
+//! Exponential backoff with jitter, for both queues' retries and for riding out outages.
+
 use std::time::Duration;
 
 use rand::Rng;
