@@ -183,6 +183,10 @@ pub struct Config {
     #[arg(long, env = "IMGBATCH_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// The header the trusted proxies write the client's address into; only that one is read.
+    #[arg(long, env = "IMGBATCH_FORWARDED_HEADER", value_enum, default_value_t = ForwardedHeader::XForwardedFor)]
+    pub forwarded_header: ForwardedHeader,
+
     /// Comma-separated bearer tokens; when set, every /api call needs one.
     #[arg(
         long,
@@ -316,6 +320,17 @@ pub struct Schedule(pub Vec<Duration>);
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Which header trusted proxies name the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx, HAProxy, AWS ALB, most ingresses).
+    #[value(name = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    #[value(name = "forwarded")]
+    Forwarded,
 }
 
 /// A network as a CIDR (`10.0.0.0/8`) or a single address (`10.1.2.3`).

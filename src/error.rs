@@ -23,8 +23,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("{}", too_large_message(*.limit))]
-    PayloadTooLarge { limit: Option<usize> },
+    /// `envelope`: the whole body passed `limit` plus the room left for the multipart envelope.
+    #[error("{}", too_large_message(*.limit, *.envelope))]
+    PayloadTooLarge { limit: usize, envelope: bool },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -40,17 +41,16 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-fn too_large_message(limit: Option<usize>) -> String {
-    match limit {
-        Some(limit) => format!(
-            "the CSV is larger than the limit of {limit} bytes ({}); the limit is the setting \
-             IMGBATCH_MAX_UPLOAD_BYTES",
-            human_bytes(limit)
-        ),
-        None => "the upload is larger than the limit for a CSV (the setting \
-                 IMGBATCH_MAX_UPLOAD_BYTES) plus its multipart envelope"
-            .to_string(),
-    }
+fn too_large_message(limit: usize, envelope: bool) -> String {
+    let what = if envelope {
+        "the upload is larger than the limit for a CSV"
+    } else {
+        "the CSV is larger than the limit"
+    };
+    format!(
+        "{what} of {limit} bytes ({}); the limit is the setting IMGBATCH_MAX_UPLOAD_BYTES",
+        human_bytes(limit)
+    )
 }
 
 /// `20 MiB`, `512 KiB`, `900 bytes`: sizes as people read them.

@@ -53,7 +53,8 @@ pub enum ErrorCode {
     StorageFailed,
     /// The worker processing it stopped (crashed, was killed) during every attempt.
     WorkerLost,
-    /// The service shut down while the image was in progress, on its last attempt.
+    /// The worker could not run the attempt (its work budgets were closed, as at shutdown);
+    /// retried, and final only once the attempts are used up.
     Interrupted,
 }
 

@@ -1,3 +1,4 @@
+use anyhow::Context;
 use clap::Parser;
 
 use imgbatch::config::{Cli, Command};
@@ -64,17 +65,38 @@ async fn migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn webhook_secret(mut config: imgbatch::Config, url: &str) -> anyhow::Result<()> {
-    config.db.database_url = url.to_string();
-    // Said on stderr, so the secret alone stays on stdout for scripts.
-    eprintln!(
-        "imgbatch: the webhook secret of the database at {}",
-        redacted(url)
-    );
+async fn webhook_secret(config: imgbatch::Config, url: &str) -> anyhow::Result<()> {
+    // What it read is said on stderr, so the secret alone is on stdout for scripts.
+    if let Some(secret) = config
+        .webhook_secret
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        imgbatch::webhook::Signer::from_secret(secret)
+            .context("IMGBATCH_WEBHOOK_SECRET is invalid")?;
+        eprintln!("imgbatch: the webhook secret set by IMGBATCH_WEBHOOK_SECRET");
+        println!("{}", secret.trim());
+        return Ok(());
+    }
+    // Read only: never a new database, never a migration or a new secret in a database that
+    // may not be the service's.
     let core = Core::open_existing(url).await?;
-    core.migrate().await?;
-    println!("{}", imgbatch::webhook_secret(&core, &config).await?);
-    Ok(())
+    let shown = redacted(url);
+    match core.setting(imgbatch::webhook::SECRET_SETTING).await {
+        Ok(Some(secret)) => {
+            eprintln!("imgbatch: the webhook secret stored in the database at {shown}");
+            println!("{secret}");
+            Ok(())
+        }
+        Ok(None) => anyhow::bail!(
+            "the database at {shown} holds no webhook secret yet: the service makes one when it \
+             first starts with workers (or set IMGBATCH_WEBHOOK_SECRET)"
+        ),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read the webhook secret from the database at {shown} (is it the service's \
+             database?): {e}"
+        )),
+    }
 }
 
 /// A database URL without its password, to show.

@@ -8,8 +8,9 @@ use std::time::Instant;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument;
 
-use super::client_addr::client_addr;
+use super::client_addr::client_of;
 use super::AppState;
 
 /// The header carrying the request id: the client's own if it sent one, else a new UUID
@@ -50,14 +51,16 @@ pub async fn log(
 ) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let client = client_addr(peer.ip(), req.headers(), &state.config.trusted_proxies);
+    let client = client_of(peer.ip(), req.headers(), &state.config);
     let request_id = req
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
-    let response = next.run(req).await;
+    // Every line the handler writes carries the request id too.
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let response = next.run(req).instrument(span).await;
     let route = response
         .extensions()
         .get::<Route>()

@@ -94,8 +94,7 @@ pub fn router(state: AppState) -> Router {
     let mut app = app
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route_layer(axum::middleware::from_fn(access_log::record_route));
+        .route("/metrics", get(health::metrics));
     // Swagger UI is bundled in the binary (no network needed); its page runs scripts, so it
     // carries its own, looser content policy.
     let docs: Router<AppState> = Router::from(
@@ -112,11 +111,23 @@ pub fn router(state: AppState) -> Router {
     if state.config.api {
         app = app.merge(docs);
     }
+    // The fallbacks first: the route layer then wraps every route and the 405 answers.
+    let mut app = app
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn(access_log::record_route));
     if let Some(dir) = state.config.storage_dir() {
         let files = tower_http::services::ServeDir::new(dir)
             .append_index_html_on_directories(false)
+            .call_fallback_on_method_not_allowed(true)
             .fallback(axum::handler::HandlerWithoutStateExt::into_service(
-                || async { ApiError::NotFound("no such image".into()) },
+                |method: axum::http::Method, uri: axum::http::Uri| async move {
+                    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+                        ApiError::NotFound("no such image".into())
+                    } else {
+                        method_not_allowed(method, uri).await
+                    }
+                },
             ));
         app = app.nest_service(
             "/images",
@@ -125,9 +136,7 @@ pub fn router(state: AppState) -> Router {
                 .service(files),
         );
     }
-    app.fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(64 * 1024))
+    app.layer(DefaultBodyLimit::max(64 * 1024))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),

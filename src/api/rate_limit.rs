@@ -16,7 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use super::auth::bearer_token;
-use super::client_addr::client_addr;
+use super::client_addr::client_of;
 use super::AppState;
 use crate::domain::Owner;
 use crate::error::ApiError;
@@ -61,6 +61,18 @@ impl RateLimit {
     }
 }
 
+/// The address a bucket is kept for: an IPv4 address itself, an IPv6 address by its /64 (one
+/// host usually has a whole /64 to pick source addresses from).
+fn bucket_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 pub async fn limit(
     State((limit, state)): State<(Arc<RateLimit>, AppState)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -73,11 +85,11 @@ pub async fn limit(
         .filter(|token| state.keys.matches(token.as_bytes()));
     let client = match key {
         Some(token) => Client::Key(Owner::of_key(token)),
-        None => Client::Addr(client_addr(
+        None => Client::Addr(bucket_of(client_of(
             peer.ip(),
             req.headers(),
-            &state.config.trusted_proxies,
-        )),
+            &state.config,
+        ))),
     };
     match limit.check(&client) {
         Ok(()) => next.run(req).await,
@@ -107,5 +119,17 @@ mod tests {
         assert!(l.check(&other).is_ok(), "clients are limited separately");
         assert!(l.check(&key).is_ok(), "a key has its own bucket");
         assert!(RateLimit::new(0).is_none());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(bucket_of(a), bucket_of(b));
+        assert_ne!(bucket_of(a), bucket_of(c));
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(bucket_of(v4), v4);
+        assert_eq!(bucket_of("::ffff:192.0.2.1".parse().unwrap()), v4);
     }
 }

@@ -99,16 +99,22 @@ async fn accept(
 
     let mut csv = None;
     let mut webhook_url = None;
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(multipart_error(limits.max_upload_bytes))?
+    {
         match field.name() {
             Some("file") => {
                 if csv.is_some() {
                     return Err(ApiError::BadRequest("more than one \"file\" part".into()));
                 }
-                csv = Some(read_capped(field, limits.max_upload_bytes).await?);
+                csv = Some(
+                    read_capped(field, limits.max_upload_bytes, limits.max_upload_bytes).await?,
+                );
             }
             Some("webhookUrl") => {
-                let raw = read_capped(field, MAX_TEXT_PART)
+                let raw = read_capped(field, MAX_TEXT_PART, limits.max_upload_bytes)
                     .await
                     .map_err(|_| ApiError::BadRequest("webhookUrl is too long".into()))?;
                 let raw = String::from_utf8(raw)
@@ -182,22 +188,31 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 
 /// Reads one part, refusing it as soon as it passes `limit` bytes, so an oversized upload
 /// is never held in memory whole.
-async fn read_capped(mut field: Field<'_>, limit: usize) -> ApiResult<Vec<u8>> {
+/// `csv_limit` names the limit in case the whole body passes its own (a little above it).
+async fn read_capped(mut field: Field<'_>, limit: usize, csv_limit: usize) -> ApiResult<Vec<u8>> {
     let mut buf = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error(csv_limit))? {
         if buf.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit: Some(limit) });
+            return Err(ApiError::PayloadTooLarge {
+                limit,
+                envelope: false,
+            });
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf)
 }
 
-fn multipart_error(e: MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        // The whole body passed its limit (the CSV's limit plus room for the envelope).
-        ApiError::PayloadTooLarge { limit: None }
-    } else {
-        ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+fn multipart_error(csv_limit: usize) -> impl Fn(MultipartError) -> ApiError {
+    move |e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // The whole body passed its limit (the CSV's limit plus room for the envelope).
+            ApiError::PayloadTooLarge {
+                limit: csv_limit,
+                envelope: true,
+            }
+        } else {
+            ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+        }
     }
 }

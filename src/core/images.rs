@@ -28,8 +28,10 @@ pub(super) async fn claim<B: Backend>(
     jobs.sort_by_key(|j| (j.ordinal, j.id));
     if !jobs.is_empty() {
         let mut products: Vec<i64> = jobs.iter().map(|j| j.product_id).collect();
+        products.sort_unstable();
         products.dedup();
         let mut requests: Vec<_> = jobs.iter().map(|j| j.request_id).collect();
+        requests.sort_unstable_by_key(|r| r.as_uuid());
         requests.dedup();
         b.start_products(&mut *tx, &products, now).await?;
         b.start_requests(&mut *tx, &requests, now).await?;

@@ -340,8 +340,15 @@ impl Core {
     pub async fn setting_or_insert(&self, key: &str, default: &str) -> StoreResult<String> {
         on_backend!(&self.db, b => {
             b.insert_setting_if_absent(key, default).await?;
-            b.setting(key).await
+            b.setting(key).await?.ok_or_else(|| {
+                StoreError::Other(anyhow::anyhow!("setting {key} vanished after its insert"))
+            })
         })
+    }
+
+    /// The stored value of a setting, if there is one.
+    pub async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
+        on_backend!(&self.db, b => b.setting(key).await)
     }
 }
 

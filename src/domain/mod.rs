@@ -151,7 +151,7 @@ impl Owner {
     }
 
     /// A tag read back from the database.
-    pub fn from_stored(tag: String) -> Self {
+    pub(crate) fn from_stored(tag: String) -> Self {
         Self(tag)
     }
 

@@ -335,5 +335,5 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         value: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
-    fn setting(&self, key: &str) -> impl Future<Output = StoreResult<String>> + Send;
+    fn setting(&self, key: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
 }

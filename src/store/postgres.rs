@@ -869,11 +869,11 @@ impl Backend for PgStore {
         Ok(())
     }
 
-    async fn setting(&self, key: &str) -> StoreResult<String> {
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
                 .bind(key)
-                .fetch_one(&self.pool)
+                .fetch_optional(&self.pool)
                 .await?,
         )
     }

@@ -71,10 +71,11 @@ impl SqliteStore {
             .foreign_keys(true);
         let file = opts.get_filename();
         if !create && !file.exists() {
+            let shown = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
             return Err(StoreError::Other(anyhow::anyhow!(
                 "there is no database at {url:?} (file {}): point DATABASE_URL at the service's \
                  database, or start the service first",
-                file.display()
+                shown.display()
             )));
         }
         if let Some(dir) = file.parent() {
@@ -833,11 +834,11 @@ impl Backend for SqliteStore {
         Ok(())
     }
 
-    async fn setting(&self, key: &str) -> StoreResult<String> {
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
                 .bind(key)
-                .fetch_one(&self.write)
+                .fetch_optional(&self.write)
                 .await?,
         )
     }

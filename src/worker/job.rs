@@ -24,7 +24,9 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
     } else {
         attempt(ctx, &job).await
     };
-    let finished = record(ctx, &job, &outcome).await;
+    // The image's line before its settlement: the settlement that finishes the request comes
+    // after every other image's (it sees their counts), so its "finished" line comes after
+    // every image line of the request, whichever worker wrote them.
     let elapsed = started.elapsed();
     let elapsed_ms = elapsed.as_millis() as u64;
     METRICS.job_finished(elapsed.as_secs_f64());
@@ -44,7 +46,7 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
             tracing::info!(image = job.id, request_id = %job.request_id, error = %f.message, error_code = %f.code, retry_at = %at, "image will be retried")
         }
     }
-    // After the image's own line, so a request's log ends with its "finished" line.
+    let finished = record(ctx, &job, &outcome).await;
     if let Some(status) = finished {
         tracing::info!(request_id = %job.request_id, %status, "request finished");
     }

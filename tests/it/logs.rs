@@ -50,6 +50,9 @@ async fn exercise(format: &str) -> (Vec<String>, String) {
         resp.headers().contains_key("x-request-id"),
         "an id is made up"
     );
+    let resp = app.http.post(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    app.http.get(app.url("/docs/")).send().await.unwrap();
     // The access line is written after the answer: give the last one a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     (child.logs(), id)
@@ -90,6 +93,12 @@ async fn text_logs_are_plain_and_complete() {
             ][..],
         ),
         ("unmatched", &["method=GET", "route=-", "status=404"][..]),
+        ("405", &["method=POST", "route=/healthz", "status=405"][..]),
+        ("docs", &["method=GET", "route=/docs/", "status=200"][..]),
+        (
+            "handler in its span",
+            &["request_id=", "upload accepted"][..],
+        ),
         (
             "refusal",
             &[

@@ -733,6 +733,24 @@ async fn rate_limits_follow_trusted_proxies_and_api_keys() {
         "a key's own bucket"
     );
     assert_eq!(codes(&app, "203.0.113.1", Some("key-b"), 1).await, [404]);
+    // A header the proxy does not write is the client's own word: not read.
+    let mut spoofs = Vec::new();
+    for i in 0..3 {
+        let resp = app
+            .http
+            .get(app.url("/api/status/x"))
+            .header("x-forwarded-for", "203.0.113.3")
+            .header("forwarded", format!("for=198.51.100.{i}"))
+            .send()
+            .await
+            .unwrap();
+        spoofs.push(resp.status().as_u16());
+    }
+    assert_eq!(
+        spoofs,
+        [401, 401, 429],
+        "Forwarded is ignored behind an X-Forwarded-For proxy"
+    );
     // A wrong key is limited by address, so made-up keys cannot add buckets.
     assert_eq!(
         codes(&app, "203.0.113.2", Some("nope"), 2).await,

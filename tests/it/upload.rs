@@ -286,6 +286,7 @@ db_test!(other_client_errors_are_precise, |db| {
         (reqwest::Method::GET, "/api/upload"),
         (reqwest::Method::DELETE, "/api/status/x"),
         (reqwest::Method::POST, "/healthz"),
+        (reqwest::Method::PUT, "/images/x/0-y.jpg"),
     ] {
         let resp = app
             .http

@@ -274,7 +274,10 @@ db_test!(the_generated_secret_is_kept_in_the_database, |db| {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), first);
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("webhook secret of the database at"), "{said}");
+    assert!(
+        said.contains("webhook secret stored in the database at"),
+        "{said}"
+    );
     assert!(!said.contains(":imgbatch_test_pw@"),);
 });
 
