@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -38,6 +39,30 @@ pub struct AppState {
     /// Base of output image URLs, without a trailing slash.
     pub public_url: Arc<str>,
     pub status_cache: Arc<status_cache::StatusCache>,
+}
+
+/// The API page is Swagger UI's; its browser tab says whose API it is.
+async fn docs_title(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let is_page = matches!(req.uri().path(), "/docs/" | "/docs/index.html");
+    let response = next.run(req).await;
+    if !is_page || !response.status().is_success() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // The page is a few KiB; anything larger is not the page we know.
+    let Ok(bytes) = axum::body::to_bytes(body, 256 * 1024).await else {
+        return ApiError::Internal(anyhow::anyhow!("API page unreadable")).into_response();
+    };
+    let page = String::from_utf8_lossy(&bytes).replacen(
+        "<title>Swagger UI</title>",
+        "<title>imgbatch API</title>",
+        1,
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(page))
 }
 
 /// A known path asked with the wrong method: JSON like every other error.
@@ -107,7 +132,8 @@ pub fn router(state: AppState) -> Router {
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
              script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
         ),
-    ));
+    ))
+    .layer(axum::middleware::from_fn(docs_title));
     if state.config.api {
         app = app.merge(docs);
     }

@@ -9,7 +9,7 @@ use super::{health, output_csv, status, upload, webhook_retry};
 #[derive(OpenApi)]
 #[openapi(
     info(
-        title = "imgbatch",
+        title = "imgbatch API",
         description = "Upload a CSV of products and image URLs; imgbatch downloads, compresses and stores every image in the background, reports progress, and calls a webhook when a request is done.",
         license(name = "MIT")
     ),
@@ -56,6 +56,7 @@ mod tests {
     fn describes_every_endpoint_and_error_body() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+        assert_eq!(doc["info"]["title"], "imgbatch API");
         for path in [
             "/api/upload",
             "/api/status/{requestId}",

@@ -315,6 +315,11 @@ db_test!(other_client_errors_are_precise, |db| {
         page.contains("href=\"/docs\"") && page.contains("/api/upload"),
         "{page}"
     );
+    // And the API page says whose API it is.
+    let docs = app.http.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status().as_u16(), 200);
+    let docs = docs.text().await.unwrap();
+    assert!(docs.contains("<title>imgbatch API</title>"), "{docs}");
 
     // Not multipart: 415.
     let resp = app
