@@ -73,6 +73,14 @@ async fn claim_all(core: &Core, worker: &str) -> Vec<ImageJob> {
     core.claim_images(worker, 1000, LEASE).await.unwrap()
 }
 
+/// Settles a job; whether it was recorded (the worker still held it).
+async fn records(core: &Core, job: &ImageJob, worker: &str, outcome: &JobOutcome) -> bool {
+    core.settle_image(job, worker, outcome)
+        .await
+        .unwrap()
+        .recorded
+}
+
 async fn status_of(core: &Core, id: RequestId) -> Status {
     core.request_detail(id, &Owner::open())
         .await
@@ -323,19 +331,8 @@ db_test!(leases_lapse_and_are_reclaimed, |db| {
         "the lost attempt counts"
     );
     // The dead worker's late outcome is dropped; the new holder's counts.
-    assert!(
-        !core
-            .settle_image(&jobs[0], "dead", &completed(&jobs[0]))
-            .await
-            .unwrap()
-            .recorded
-    );
-    assert!(
-        core.settle_image(&again[0], "alive", &completed(&again[0]))
-            .await
-            .unwrap()
-            .recorded
-    );
+    assert!(!records(&core, &jobs[0], "dead", &completed(&jobs[0])).await);
+    assert!(records(&core, &again[0], "alive", &completed(&again[0])).await);
     assert_eq!(status_of(&core, id).await, Status::Processing);
 });
 
@@ -366,13 +363,7 @@ db_test!(heartbeats_keep_leases_and_release_hands_jobs_back, |db| {
         again.iter().all(|j| j.attempts == 1),
         "a released attempt does not count"
     );
-    assert!(
-        !core
-            .settle_image(&jobs[0], "w", &completed(&jobs[0]))
-            .await
-            .unwrap()
-            .recorded
-    );
+    assert!(!records(&core, &jobs[0], "w", &completed(&jobs[0])).await);
 });
 
 db_test!(idempotency_keys_replay_or_refuse, |db| {
