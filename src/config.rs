@@ -148,6 +148,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
 
+    /// Never serve an output larger than its input: keep a lossless re-encode of a JPEG input,
+    /// or the input's own bytes without metadata, instead (false: every output is a JPEG).
+    #[arg(long, env = "IMGBATCH_NEVER_LARGER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub never_larger: bool,
+
     /// Webhook for uploads that name none.
     #[arg(long, env = "IMGBATCH_WEBHOOK_URL")]
     pub webhook_url: Option<String>,

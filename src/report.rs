@@ -100,9 +100,26 @@ pub struct ImageBody {
     /// The kind of that failure, a stable machine-readable code (see `ErrorCode`).
     pub error_code: Option<ErrorCode>,
     pub attempts: i64,
-    /// How the output was made: `requantized` (JPEG recompressed in the DCT domain, no pixels)
-    /// or `pixels` (decoded and encoded again).
+    /// How the output was made: `requantized` (JPEG recompressed in the DCT domain, no pixels),
+    /// `pixels` (decoded and encoded again), `lossless` (a JPEG input's own coefficients,
+    /// re-encoded losslessly) or `original` (the input's bytes, metadata removed): the last two
+    /// when recompressing would have made the file larger.
     pub codec: Option<String>,
+    /// Bytes downloaded.
+    pub bytes_in: Option<i64>,
+    /// Bytes of the output; never more than `bytesIn` unless `IMGBATCH_NEVER_LARGER` is off.
+    pub bytes_out: Option<i64>,
+    /// The output's dimensions (after EXIF orientation).
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    /// The output's format: `jpeg`, or a kept input's own (`png`, `webp`, `gif`, `bmp`).
+    pub format: Option<String>,
+    /// What was done about the input's embedded ICC profile: `srgb` (it was sRGB), `converted`
+    /// (to sRGB), `ignored` (unusable; the pixels were taken as sRGB), `kept` (a kept input
+    /// keeps it); null when the input had none.
+    pub color_profile: Option<String>,
+    /// What a user should know about this output (a colour conversion, a kept input).
+    pub note: Option<String>,
 }
 
 impl StatusBody {
@@ -164,6 +181,13 @@ impl ProductBody {
                     error_code: i.error_code,
                     attempts: i.attempts,
                     codec: i.codec,
+                    bytes_in: i.bytes_in,
+                    bytes_out: i.bytes_out,
+                    width: i.width,
+                    height: i.height,
+                    format: i.output_format,
+                    color_profile: i.color_profile,
+                    note: i.note,
                 })
                 .collect(),
         }
@@ -454,6 +478,13 @@ mod tests {
             error_code: None,
             attempts: 1,
             codec: None,
+            bytes_in: None,
+            bytes_out: None,
+            width: None,
+            height: None,
+            output_format: None,
+            color_profile: None,
+            note: None,
         };
         RequestDetail {
             webhook: None,
@@ -572,6 +603,14 @@ mod tests {
                     error_code: (pos % 2 == 1).then_some(ErrorCode::NotFound),
                     attempts: pos,
                     codec: (pos % 2 == 0).then(|| "pixels".into()),
+                    bytes_in: (pos % 2 == 0).then_some(1000 + pos),
+                    bytes_out: (pos % 2 == 0).then_some(400 + pos),
+                    width: (pos % 2 == 0).then_some(640),
+                    height: (pos % 2 == 0).then_some(480),
+                    output_format: (pos % 2 == 0).then(|| "jpeg".into()),
+                    color_profile: (pos == 2).then(|| "converted".into()),
+                    note: (pos == 2)
+                        .then(|| "converted to sRGB from its embedded ICC profile (\"P3\")".into()),
                 });
             }
         }

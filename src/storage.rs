@@ -90,15 +90,22 @@ impl Storage {
         self
     }
 
-    /// The key of an image's output: `{request}/{ordinal}-{token}.jpg`. Output URLs are public
+    /// The key of an image's output: `{request}/{ordinal}-{token}.{extension}` (`jpg`, or the
+    /// extension of a kept input's format, so local files are served with their real
+    /// Content-Type). Output URLs are public
     /// to whoever holds them, so the token (128 bits of a keyed hash) makes them unguessable
     /// even to someone who knows the request ID; being derived, not random, a job that runs
     /// twice (after a crash) writes the same object again instead of leaving a stray one.
-    pub fn output_key(&self, request: crate::domain::RequestId, ordinal: i64) -> String {
+    pub fn output_key(
+        &self,
+        request: crate::domain::RequestId,
+        ordinal: i64,
+        extension: &str,
+    ) -> String {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(format!("{}/{request}/{ordinal}", self.key_salt));
         let token: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{request}/{ordinal}-{token}.jpg")
+        format!("{request}/{ordinal}-{token}.{extension}")
     }
 
     fn path(&self, key: &str) -> Path {
@@ -124,12 +131,17 @@ impl Storage {
 
     /// Stores bytes under `key` (overwriting: storing the same output twice is harmless) and
     /// returns its public URL.
-    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> object_store::Result<String> {
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &'static str,
+    ) -> object_store::Result<String> {
         let path = self.path(key);
         let mut opts = PutOptions::default();
         if self.set_content_type {
             let mut attributes = Attributes::new();
-            attributes.insert(Attribute::ContentType, "image/jpeg".into());
+            attributes.insert(Attribute::ContentType, content_type.into());
             opts.attributes = attributes;
         }
         self.inner

@@ -2,11 +2,13 @@
 //! and any crash artifacts it left (fuzz/artifacts) through the parser with the default limits,
 //! so plain `cargo test` in CI re-checks every input the fuzzer found interesting without
 //! needing cargo-fuzz or a nightly toolchain. The JPEG fuzzer's corpus (fuzz/corpus/jpeg) and
-//! artifacts (fuzz/artifacts/jpeg) go through the JPEG reader and writer the same way.
+//! artifacts (fuzz/artifacts/jpeg) go through the JPEG reader and writer the same way, and the
+//! ICC fuzzer's (fuzz/corpus/icc) through the colour-profile judge.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
+use imgbatch::compress::judge_for_every_kind;
 use imgbatch::csv_input::{parse_csv, CsvLimits, MAX_REPORTED_ERRORS};
 use imgbatch::jpeg::{info, optimize_huffman, requantize};
 
@@ -169,6 +171,46 @@ fn jpeg_fuzz_corpus_replays_without_panic() {
     assert!(failed.is_empty(), "the JPEG checks failed on: {failed:#?}");
     eprintln!(
         "replayed {} JPEG inputs ({accepted} accepted by the reader)",
+        files.len()
+    );
+}
+
+/// The ICC fuzzer's corpus (fuzz/corpus/icc: real profiles, broken and mutated ones) through
+/// the profile judge for every kind of pixel data, unguarded: a panic fails this test.
+#[test]
+fn icc_fuzz_corpus_replays_without_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut files = Vec::new();
+    files_under(&root.join("corpus").join("icc"), &mut files);
+    assert!(
+        files.len() >= 10,
+        "fuzz/corpus/icc is missing ({} files)",
+        files.len()
+    );
+    files_under(&root.join("artifacts").join("icc"), &mut files);
+    files.sort();
+    let mut failed = Vec::new();
+    let mut converted = 0;
+    for path in &files {
+        let data = std::fs::read(path).unwrap();
+        match catch_unwind(AssertUnwindSafe(|| judge_for_every_kind(&data))) {
+            Ok(verdicts) => {
+                converted += verdicts
+                    .iter()
+                    .filter(|v| v.as_str() == Some("converted"))
+                    .count()
+            }
+            Err(_) => failed.push(path.display().to_string()),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "the profile judge panicked on: {failed:#?}"
+    );
+    // The real wide-gamut profiles among the seeds must still convert.
+    assert!(converted >= 3, "only {converted} conversions");
+    eprintln!(
+        "replayed {} ICC profiles ({converted} conversions)",
         files.len()
     );
 }

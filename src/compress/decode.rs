@@ -14,10 +14,12 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageResult, Limits};
 
 use crate::jpeg::StructureProblem;
 
+use super::color::{self, ColorHandling, Verdict};
 use super::encode::encode_jpeg;
-use super::pixels::to_opaque_8bit;
-use super::policy::requantize_if_eligible;
-use super::{sniff, Codec, CompressError, CompressOptions, Compressed, InputFormat};
+use super::pixels::{to_opaque_8bit, Pixels};
+use super::policy::{requantize_if_eligible, JpegRoute};
+use super::smaller::never_larger;
+use super::{sniff, Codec, CompressError, CompressOptions, Compressed, InputFormat, OutputFormat};
 
 /// The largest width or height a JPEG frame header can express.
 pub(super) const JPEG_MAX_DIMENSION: u32 = u16::MAX as u32;
@@ -35,6 +37,25 @@ pub(super) fn compress_unguarded(
     opts: &CompressOptions,
 ) -> Result<Compressed, CompressError> {
     let format = sniff(bytes)?;
+    let made = recompress(bytes, format, opts)?;
+    Ok(if opts.never_larger {
+        never_larger(bytes, format, made)
+    } else {
+        made.out
+    })
+}
+
+/// An output as recompressed, and the input's orientation (which a kept input must carry).
+pub(super) struct Made {
+    pub(super) out: Compressed,
+    pub(super) orientation: u16,
+}
+
+fn recompress(
+    bytes: &[u8],
+    format: InputFormat,
+    opts: &CompressOptions,
+) -> Result<Made, CompressError> {
     // Decoders are built directly (rather than through `ImageReader`) so that the format we
     // sniffed is exactly the decoder that runs, and so we can inspect the header in between.
     let reader = Cursor::new(bytes);
@@ -44,35 +65,39 @@ pub(super) fn compress_unguarded(
         opts,
     };
     if format == InputFormat::Jpeg {
-        if let Some(done) = requantize_if_eligible(bytes, opts)? {
-            return Ok(done);
+        match requantize_if_eligible(bytes, opts)? {
+            JpegRoute::Done(made) => return Ok(made),
+            JpegRoute::Cmyk(info, transform, color) => {
+                return ctx.run_cmyk(&info, transform.as_ref(), color)
+            }
+            JpegRoute::Pixels(preset) => return ctx.run(JpegDecoder::new(reader), preset),
         }
     }
     match format {
-        InputFormat::Jpeg => ctx.run(JpegDecoder::new(reader)),
+        InputFormat::Jpeg => ctx.run(JpegDecoder::new(reader), None),
         // PNG is the one decoder that takes its memory limit at construction time. Only the
         // allocation cap goes in here: a dimension limit would make the constructor fail with a
         // generic limit error before we could report the dimensions as `TooManyPixels`.
-        InputFormat::Png => ctx.run(PngDecoder::with_limits(reader, ctx.limits(false))),
-        InputFormat::WebP => ctx.run(WebPDecoder::new(reader)),
+        InputFormat::Png => ctx.run(PngDecoder::with_limits(reader, ctx.limits(false)), None),
+        InputFormat::WebP => ctx.run(WebPDecoder::new(reader), None),
         // `GifDecoder` as an `ImageDecoder` reads exactly one frame (the first) and stops, so an
         // animation with thousands of frames costs the same as a still image. Never use
         // `into_frames()` here.
-        InputFormat::Gif => ctx.run(GifDecoder::new(reader)),
-        InputFormat::Bmp => ctx.run(BmpDecoder::new(reader)),
-        InputFormat::Tiff => ctx.run(TiffDecoder::new(reader)),
+        InputFormat::Gif => ctx.run(GifDecoder::new(reader), None),
+        InputFormat::Bmp => ctx.run(BmpDecoder::new(reader), None),
+        InputFormat::Tiff => ctx.run(TiffDecoder::new(reader), None),
     }
 }
 
 /// Per-call context shared by the format-specific steps.
-struct Job<'a> {
-    bytes: &'a [u8],
+pub(super) struct Job<'a> {
+    pub(super) bytes: &'a [u8],
     format: InputFormat,
     opts: &'a CompressOptions,
 }
 
 impl Job<'_> {
-    fn decode_error(&self, reason: impl Into<String>) -> CompressError {
+    pub(super) fn decode_error(&self, reason: impl Into<String>) -> CompressError {
         CompressError::Decode {
             format: self.format.as_str(),
             reason: reason.into(),
@@ -107,11 +132,8 @@ impl Job<'_> {
         limits
     }
 
-    fn run<D: ImageDecoder>(&self, decoder: ImageResult<D>) -> Result<Compressed, CompressError> {
-        let mut decoder = decoder.map_err(|e| self.image_error(e))?;
-
-        // 1. Header checks, before a single pixel buffer exists.
-        let (width, height) = decoder.dimensions();
+    /// The checks made from the header alone, before a single pixel buffer exists.
+    pub(super) fn check_header(&self, width: u32, height: u32) -> Result<(), CompressError> {
         if u64::from(width) * u64::from(height) > self.opts.max_pixels {
             return Err(CompressError::TooManyPixels {
                 width,
@@ -133,10 +155,27 @@ impl Job<'_> {
         if self.format == InputFormat::Jpeg {
             check_jpeg_structure(self.bytes).map_err(|reason| self.decode_error(reason))?;
         }
+        Ok(())
+    }
+
+    /// The pixel path. `preset`: what is already known about the colour (a CMYK JPEG whose
+    /// profile cannot be used, decoded the way browsers show it), instead of reading a profile.
+    fn run<D: ImageDecoder>(
+        &self,
+        decoder: ImageResult<D>,
+        preset: Option<ColorHandling>,
+    ) -> Result<Made, CompressError> {
+        let mut decoder = decoder.map_err(|e| self.image_error(e))?;
+
+        // 1. Header checks, before a single pixel buffer exists.
+        let (width, height) = decoder.dimensions();
+        self.check_header(width, height)?;
 
         // A broken or unreadable EXIF block is metadata damage, not image damage: keep the
-        // pixels as stored rather than rejecting an otherwise good image.
+        // pixels as stored rather than rejecting an otherwise good image. The same goes for a
+        // colour profile that cannot even be extracted.
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+        let icc = decoder.icc_profile();
 
         // 2. Decode, with limits enforced inside the decoder too. The main buffer is reserved
         //    against the allocation budget first, as `ImageReader::decode` does, so that what is
@@ -150,21 +189,58 @@ impl Job<'_> {
             .map_err(|e| self.image_error(e))?;
         let image = DynamicImage::from_decoder(decoder).map_err(|e| self.image_error(e))?;
 
-        // 3. To 8-bit gray or RGB, transparency flattened onto white, then oriented. Orientation
-        //    runs last so that a rotation never has to move 16-bit samples.
+        // 3. To 8-bit gray or RGB, transparency flattened onto white, into sRGB, then oriented.
+        //    Orientation runs last so that a rotation never has to move 16-bit samples.
         let mut pixels = to_opaque_8bit(image);
-        pixels.apply_orientation(orientation);
+        let color = match (preset, icc) {
+            (Some(preset), _) => preset,
+            (None, Ok(Some(icc))) => self.to_srgb(&icc, &mut pixels)?,
+            (None, Ok(None)) => ColorHandling::Untagged,
+            (None, Err(e)) => ColorHandling::Ignored {
+                reason: format!("unreadable: {e}"),
+            },
+        };
+        self.finish(pixels, orientation, color)
+    }
 
-        // 4. Encode. The pixels go in by value: the encoder frees them as soon as it no longer
-        //    needs them, before the Huffman pass allocates the coefficients.
+    /// Converts `pixels` to sRGB as `icc` says they are.
+    fn to_srgb(&self, icc: &[u8], pixels: &mut Pixels) -> Result<ColorHandling, CompressError> {
+        let verdict = color::assess(icc, pixels.layout.color_data());
+        if let Verdict::Convert { transform, .. } = &verdict {
+            color::convert_in_place(
+                transform.as_ref(),
+                pixels.layout.color_data(),
+                &mut pixels.data,
+            )
+            .map_err(|e| self.decode_error(e))?;
+        }
+        Ok(verdict.handling())
+    }
+
+    /// Orients and encodes sRGB pixels.
+    pub(super) fn finish(
+        &self,
+        mut pixels: Pixels,
+        orientation: Orientation,
+        color: ColorHandling,
+    ) -> Result<Made, CompressError> {
+        pixels.apply_orientation(orientation);
+        // Encode. The pixels go in by value: the encoder frees them as soon as it no longer
+        // needs them, before the Huffman pass allocates the coefficients.
         let (width, height) = (pixels.width, pixels.height);
         let jpeg = encode_jpeg(pixels, self.opts.quality)?;
-        Ok(Compressed {
-            jpeg,
-            width,
-            height,
-            input_format: self.format,
-            codec: Codec::Pixels,
+        Ok(Made {
+            out: Compressed {
+                bytes: jpeg,
+                format: OutputFormat::Jpeg,
+                width,
+                height,
+                input_format: self.format,
+                codec: Codec::Pixels,
+                note: color.note(),
+                color,
+            },
+            orientation: u16::from(orientation.to_exif()),
         })
     }
 }

@@ -11,6 +11,8 @@ use super::CompressOptions;
 pub(super) const OPTS: CompressOptions = CompressOptions {
     quality: 80,
     max_pixels: 50_000_000,
+    // The tests of the recompressing paths; the never-larger rule has tests of its own.
+    never_larger: false,
 };
 
 /// Deterministic xorshift, so fixtures are identical on every run.
@@ -87,4 +89,16 @@ pub(super) fn with_exif_orientation(jpeg: Vec<u8>, orientation: u16) -> Vec<u8> 
     out.extend_from_slice(&exif);
     out.extend_from_slice(&jpeg[2..]);
     out
+}
+
+/// Peak signal-to-noise ratio of two equally long 8-bit buffers, in dB.
+pub(super) fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let squared: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
+    let mse = squared / a.len() as f64;
+    10.0 * (255.0 * 255.0 / mse).log10()
 }

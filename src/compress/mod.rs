@@ -1,4 +1,5 @@
-//! Decode → JPEG re-encode, the CPU-bound heart of a job.
+//! Decode → JPEG re-encode, the CPU-bound heart of a job: in sRGB, and never larger than the
+//! input.
 //!
 //! This module is deliberately pure and synchronous: it takes the downloaded bytes and returns
 //! the JPEG, touching no I/O, clock or global state, so callers can run it on a blocking thread
@@ -12,18 +13,28 @@
 //!
 //! Layout: `sniff` (the format from the magic number, and what a non-image looks like),
 //! `policy` (whether a JPEG takes the DCT-domain fast path), `decode` (the pixel path: header
-//! checks, limits, decoding), `pixels` (conversion to opaque 8-bit), `encode` (the JPEG
-//! encoders), `estimate` (the memory a compression will need, from headers alone).
+//! checks, limits, decoding), `cmyk` (CMYK JPEGs with a profile), `color` (embedded ICC
+//! profiles to sRGB), `pixels` (conversion to opaque 8-bit), `encode` (the JPEG encoders),
+//! `smaller` (the never-larger rule), `metadata` (inputs' own bytes without metadata),
+//! `estimate` (the memory a compression will need, from headers alone).
 
+mod cmyk;
+mod color;
 mod decode;
 mod encode;
 mod estimate;
+mod metadata;
 mod pixels;
 mod policy;
+mod smaller;
 mod sniff;
 
 #[cfg(test)]
+mod color_tests;
+#[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod kept_tests;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +42,7 @@ use std::panic::{self, UnwindSafe};
 
 use crate::failure::{ErrorCode, Failure};
 
+pub use color::{judge_for_every_kind, ColorHandling};
 pub use estimate::working_memory;
 pub use policy::takes_fast_path;
 pub use sniff::sniff;
@@ -63,6 +75,77 @@ impl InputFormat {
     }
 }
 
+/// The formats an output can have: JPEG, or an input's own format when the input itself is
+/// kept (never-larger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Jpeg,
+    Png,
+    WebP,
+    Gif,
+    Bmp,
+}
+
+impl OutputFormat {
+    /// Stable lower-case name, as stored and reported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "jpeg",
+            OutputFormat::Png => "png",
+            OutputFormat::WebP => "webp",
+            OutputFormat::Gif => "gif",
+            OutputFormat::Bmp => "bmp",
+        }
+    }
+
+    /// The output object's file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "jpg",
+            OutputFormat::Png => "png",
+            OutputFormat::WebP => "webp",
+            OutputFormat::Gif => "gif",
+            OutputFormat::Bmp => "bmp",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "image/jpeg",
+            OutputFormat::Png => "image/png",
+            OutputFormat::WebP => "image/webp",
+            OutputFormat::Gif => "image/gif",
+            OutputFormat::Bmp => "image/bmp",
+        }
+    }
+
+    /// The format an input of `format` is served in when kept as it is; None for TIFF, which
+    /// browsers do not show.
+    pub(crate) fn of_input(format: InputFormat) -> Option<Self> {
+        match format {
+            InputFormat::Jpeg => Some(OutputFormat::Jpeg),
+            InputFormat::Png => Some(OutputFormat::Png),
+            InputFormat::WebP => Some(OutputFormat::WebP),
+            InputFormat::Gif => Some(OutputFormat::Gif),
+            InputFormat::Bmp => Some(OutputFormat::Bmp),
+            InputFormat::Tiff => None,
+        }
+    }
+
+    /// The format an output object's key names, from its extension.
+    pub fn from_extension(ext: &str) -> Option<Self> {
+        [
+            OutputFormat::Jpeg,
+            OutputFormat::Png,
+            OutputFormat::WebP,
+            OutputFormat::Gif,
+            OutputFormat::Bmp,
+        ]
+        .into_iter()
+        .find(|f| f.extension() == ext)
+    }
+}
+
 /// Knobs for one compression.
 #[derive(Debug, Clone, Copy)]
 pub struct CompressOptions {
@@ -73,29 +156,44 @@ pub struct CompressOptions {
     /// costs memory: a 50 KB PNG can legitimately claim 100000x100000 pixels (a "decompression
     /// bomb"), so this is checked from the header before any pixel buffer is allocated.
     pub max_pixels: u64,
+    /// Never serve an output with more bytes than its input: keep a lossless re-encode of a
+    /// JPEG input, or the input's own bytes without metadata, instead (`smaller`).
+    pub never_larger: bool,
 }
 
-/// A successfully recompressed image.
+/// A finished output.
 #[derive(Debug)]
 pub struct Compressed {
-    /// Baseline JPEG with no metadata segments (no EXIF, ICC, XMP): location data and camera
-    /// serials must not leak, and orientation has already been baked into the pixels.
-    pub jpeg: Vec<u8>,
-    /// Dimensions of `jpeg`, i.e. after EXIF orientation was applied.
+    /// The output file. Recompressed: a baseline sRGB JPEG with no metadata segments (no EXIF,
+    /// ICC, XMP), so location data and camera serials cannot leak, orientation baked into the
+    /// pixels. Kept (`Codec::Lossless`, `Codec::Original`): the input's picture without its
+    /// metadata, with its colour profile and orientation.
+    pub bytes: Vec<u8>,
+    pub format: OutputFormat,
+    /// Dimensions of the picture as shown, i.e. after EXIF orientation.
     pub width: u32,
     pub height: u32,
     pub input_format: InputFormat,
     /// Which path made the output.
     pub codec: Codec,
+    /// What was done about the input's embedded colour profile.
+    pub color: ColorHandling,
+    /// What a user should know about this output (a conversion, a kept input), if anything.
+    pub note: Option<String>,
 }
 
-/// The two ways an output is made.
+/// The ways an output is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     /// JPEG in, JPEG out in the DCT domain: coefficients requantised, no pixels (crate::jpeg).
     Requantized,
     /// Decoded to pixels and encoded again.
     Pixels,
+    /// A JPEG input's own coefficients, re-encoded losslessly with optimal Huffman tables,
+    /// because recompressing would have grown the file.
+    Lossless,
+    /// The input's own bytes, metadata removed, because recompressing would have grown it.
+    Original,
 }
 
 impl Codec {
@@ -103,6 +201,8 @@ impl Codec {
         match self {
             Codec::Requantized => "requantized",
             Codec::Pixels => "pixels",
+            Codec::Lossless => "lossless",
+            Codec::Original => "original",
         }
     }
 }
@@ -155,7 +255,9 @@ impl From<CompressError> for Failure {
     }
 }
 
-/// Recompresses `bytes` (any supported format) into a metadata-free JPEG.
+/// Recompresses `bytes` (any supported format) into a metadata-free sRGB JPEG, or keeps a
+/// smaller lossless version of the input when that JPEG would be larger (see
+/// [`CompressOptions::never_larger`]).
 ///
 /// Never panics: a panic anywhere inside the codecs is caught and returned as
 /// [`CompressError::Panicked`]. (That requires the default `panic = "unwind"`; the panic hook

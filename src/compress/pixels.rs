@@ -21,6 +21,18 @@ pub(super) enum Layout {
     RgbX,
 }
 
+impl Layout {
+    /// The pixel data a colour profile must describe for this layout.
+    pub(super) fn color_data(self) -> super::color::Data {
+        use super::color::Data;
+        match self {
+            Layout::Gray => Data::Gray,
+            Layout::Rgb => Data::Rgb,
+            Layout::RgbX => Data::Rgbx,
+        }
+    }
+}
+
 impl Pixels {
     pub(super) fn apply_orientation(&mut self, orientation: Orientation) {
         if orientation == Orientation::NoTransforms {

@@ -1,6 +1,12 @@
 //! Which JPEGs skip the pixels: requantised in the DCT domain instead of decoded and encoded.
 
-use super::{Codec, CompressError, CompressOptions, Compressed, InputFormat};
+use std::sync::Arc;
+
+use moxcms::Transform8BitExecutor;
+
+use super::color::{self, ColorHandling, Data, Verdict};
+use super::decode::Made;
+use super::{Codec, CompressError, CompressOptions, Compressed, InputFormat, OutputFormat};
 
 /// The policy, in one place: may this JPEG take the DCT-domain fast path? Only when the result
 /// is what the pixel path would make: 8-bit YCbCr coming out 4:2:0 (or grayscale), no rotation
@@ -25,14 +31,29 @@ pub fn takes_fast_path(info: &crate::jpeg::Info) -> bool {
     }
 }
 
-/// The fast path: None sends the image down the pixel path (not eligible, or the coefficient
-/// reader refused it, in which case the pixel path gives the precise error).
+/// Where a JPEG goes.
+pub(super) enum JpegRoute {
+    /// Requantised in the DCT domain: done.
+    Done(Made),
+    /// CMYK with a usable profile: decoded to ink amounts and converted (`cmyk`).
+    Cmyk(
+        Box<crate::jpeg::Info>,
+        Arc<Transform8BitExecutor>,
+        ColorHandling,
+    ),
+    /// Through the pixel path; with what is already known about its colour, if anything.
+    Pixels(Option<ColorHandling>),
+}
+
+/// The fast path, if this JPEG may take it: not when its embedded profile is other than sRGB
+/// (the pixels must be converted), or when [`takes_fast_path`] says no, or when the
+/// coefficient reader refuses the file, in which case the pixel path gives the precise error.
 pub(super) fn requantize_if_eligible(
     bytes: &[u8],
     opts: &CompressOptions,
-) -> Result<Option<Compressed>, CompressError> {
+) -> Result<JpegRoute, CompressError> {
     let Ok(info) = crate::jpeg::info(bytes) else {
-        return Ok(None);
+        return Ok(JpegRoute::Pixels(None));
     };
     let (width, height) = (u32::from(info.width), u32::from(info.height));
     if u64::from(width) * u64::from(height) > opts.max_pixels {
@@ -42,16 +63,43 @@ pub(super) fn requantize_if_eligible(
             max: opts.max_pixels,
         });
     }
-    if !takes_fast_path(&info) {
-        return Ok(None);
+    let data = match info.components.len() {
+        1 => Data::Gray,
+        4 => Data::Cmyk,
+        _ => Data::Rgb,
+    };
+    let verdict = info
+        .icc_profile
+        .as_deref()
+        .map(|icc| color::assess(icc, data));
+    if data == Data::Cmyk {
+        return Ok(match verdict {
+            Some(Verdict::Convert { transform, from }) => {
+                JpegRoute::Cmyk(Box::new(info), transform, ColorHandling::Converted { from })
+            }
+            other => JpegRoute::Pixels(Some(
+                other.map_or(ColorHandling::Untagged, |v| v.handling()),
+            )),
+        });
     }
-    Ok(crate::jpeg::requantize(bytes, opts.quality.clamp(1, 100))
-        .ok()
-        .map(|r| Compressed {
-            jpeg: r.jpeg,
+    if verdict.as_ref().is_some_and(|v| !v.is_srgb()) || !takes_fast_path(&info) {
+        return Ok(JpegRoute::Pixels(None));
+    }
+    let Ok(r) = crate::jpeg::requantize(bytes, opts.quality.clamp(1, 100)) else {
+        return Ok(JpegRoute::Pixels(None));
+    };
+    let color = verdict.map_or(ColorHandling::Untagged, |v| v.handling());
+    Ok(JpegRoute::Done(Made {
+        out: Compressed {
+            bytes: r.jpeg,
+            format: OutputFormat::Jpeg,
             width: r.width.into(),
             height: r.height.into(),
             input_format: InputFormat::Jpeg,
             codec: Codec::Requantized,
-        }))
+            note: color.note(),
+            color,
+        },
+        orientation: 1,
+    }))
 }

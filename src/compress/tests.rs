@@ -7,7 +7,7 @@ use image::{
 use jpeg_encoder::{ColorType as JpegColorType, Encoder};
 
 use super::fixtures::{
-    encode_as, jpeg_fixture, photo_like, two_frame_gif, with_exif_orientation, Rng, OPTS,
+    encode_as, jpeg_fixture, photo_like, psnr, two_frame_gif, with_exif_orientation, Rng, OPTS,
 };
 use super::*;
 
@@ -20,7 +20,7 @@ fn compress_ok(bytes: &[u8], expected: InputFormat, width: u32, height: u32) -> 
     let out = compress(bytes, &OPTS).expect("compresses");
     assert_eq!(out.input_format, expected);
     assert_eq!((out.width, out.height), (width, height));
-    let decoded = decode_jpeg(&out.jpeg);
+    let decoded = decode_jpeg(&out.bytes);
     assert_eq!(decoded.dimensions(), (width, height));
     decoded
 }
@@ -193,23 +193,12 @@ fn recompressing_a_high_quality_photo_shrinks_it() {
     )
     .unwrap();
     assert!(
-        out.jpeg.len() < input.len(),
+        out.bytes.len() < input.len(),
         "{} bytes out, {} in",
-        out.jpeg.len(),
+        out.bytes.len(),
         input.len()
     );
     assert_eq!((out.width, out.height), (512, 384));
-}
-
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let squared: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
-        .sum();
-    let mse = squared / a.len() as f64;
-    10.0 * (255.0 * 255.0 / mse).log10()
 }
 
 #[test]
@@ -220,7 +209,7 @@ fn output_decodes_faithfully_with_image() {
     let flat = RgbImage::from_pixel(64, 64, Rgb([100, 150, 200]));
     for image in [photo, flat] {
         let out = compress(&encode_as(image.clone(), ImageFormat::Png), &OPTS).unwrap();
-        let decoded = decode_jpeg(&out.jpeg).to_rgb8();
+        let decoded = decode_jpeg(&out.bytes).to_rgb8();
         let quality = psnr(image.as_raw(), decoded.as_raw());
         // A faithful decode of this noisy fixture at q80 is ~27 dB; the broken one is <10.
         assert!(quality > 20.0, "PSNR {quality:.1} dB");
@@ -231,9 +220,9 @@ fn output_decodes_faithfully_with_image() {
 fn output_carries_no_metadata() {
     let input = with_exif_orientation(jpeg_fixture(&photo_like(40, 20), 90), 1);
     let out = compress(&input, &OPTS).unwrap();
-    assert!(!out.jpeg.windows(6).any(|w| w == b"Exif\0\0"));
+    assert!(!out.bytes.windows(6).any(|w| w == b"Exif\0\0"));
     assert!(
-        !out.jpeg.windows(2).any(|w| w == [0xFF, 0xE2]),
+        !out.bytes.windows(2).any(|w| w == [0xFF, 0xE2]),
         "no ICC (APP2)"
     );
 }
@@ -243,7 +232,7 @@ fn out_of_range_quality_is_clamped() {
     let input = jpeg_fixture(&photo_like(16, 16), 90);
     for quality in [0, 101, 255] {
         let out = compress(&input, &CompressOptions { quality, ..OPTS }).unwrap();
-        decode_jpeg(&out.jpeg);
+        decode_jpeg(&out.bytes);
     }
 }
 
@@ -321,13 +310,13 @@ fn jpeg_claiming_huge_dimensions_is_refused_before_decoding() {
 fn pixel_limit_is_inclusive() {
     let bytes = jpeg_fixture(&photo_like(10, 10), 80);
     let at_limit = CompressOptions {
-        quality: 80,
         max_pixels: 100,
+        ..OPTS
     };
     assert!(compress(&bytes, &at_limit).is_ok());
     let below = CompressOptions {
-        quality: 80,
         max_pixels: 99,
+        ..OPTS
     };
     assert!(matches!(
         compress(&bytes, &below),
@@ -442,15 +431,17 @@ fn corrupt_data_after_valid_signature_is_a_decode_error() {
 }
 
 /// Times the whole pipeline on a real 12-megapixel photo. Run with
-/// `cargo test --release compress::tests::bench -- --ignored --nocapture`.
+/// `cargo test --release compress::tests::bench -- --ignored --nocapture` (another file:
+/// `COMPRESS_BENCH_FILE=path`).
 #[test]
 #[ignore = "benchmark; needs /work/shared/bench-images and a release build"]
 fn bench_4000x3000_jpeg() {
-    let path = "/work/shared/bench-images/x2_mosaic_flowers_4000x3000_q90.jpg";
-    let input = std::fs::read(path).expect("bench image present");
+    let path = std::env::var("COMPRESS_BENCH_FILE")
+        .unwrap_or_else(|_| "/work/shared/bench-images/x2_mosaic_flowers_4000x3000_q90.jpg".into());
+    let input = std::fs::read(&path).expect("bench image present");
     let opts = CompressOptions {
         quality: 80,
-        max_pixels: 50_000_000,
+        ..OPTS
     };
     compress(&input, &opts).unwrap(); // warm-up
     let runs = 5;
@@ -458,12 +449,12 @@ fn bench_4000x3000_jpeg() {
     let mut out_len = 0;
     for _ in 0..runs {
         let started = std::time::Instant::now();
-        out_len = compress(&input, &opts).unwrap().jpeg.len();
+        out_len = compress(&input, &opts).unwrap().bytes.len();
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "4000x3000: median {:.1} ms, min {:.1} ms over {runs} runs; {} -> {} bytes",
+        "{path}: median {:.1} ms, min {:.1} ms over {runs} runs; {} -> {} bytes",
         times[runs / 2],
         times[0],
         input.len(),

@@ -21,7 +21,8 @@
 //! Layout: `bitread` (entropy-coded segment reader), `huffman` (decode tables, optimal table
 //! construction, encode tables), `parse` (markers and the scan loop), `decode` (scan decoding
 //! into coefficient buffers), `requant` (rescaling to the target tables), `resample` (chroma
-//! halving), `encode` (bit writer and the baseline writer).
+//! halving), `encode` (bit writer and the baseline writer), `strip` (metadata removal for outputs
+//! kept as they are).
 
 mod bitread;
 mod decode;
@@ -30,11 +31,13 @@ mod huffman;
 mod parse;
 mod requant;
 mod resample;
+mod strip;
 
 #[cfg(test)]
 mod tests;
 
 pub(crate) use parse::{check_structure, StructureProblem};
+pub use strip::{orientation_exif, strip_metadata, with_color_and_orientation};
 
 use std::fmt;
 
@@ -89,6 +92,9 @@ pub struct Info {
     pub adobe_transform: Option<u8>,
     /// EXIF orientation (1-8), if an EXIF segment states one.
     pub exif_orientation: Option<u16>,
+    /// The embedded ICC profile (APP2 `ICC_PROFILE` chunks before the first scan, joined), if
+    /// there is one; not validated.
+    pub icc_profile: Option<Vec<u8>>,
     /// Why [`optimize_huffman`]/[`requantize`] would refuse this file, if they would.
     pub unsupported: Option<String>,
 }

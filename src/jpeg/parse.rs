@@ -45,11 +45,13 @@ struct State {
     restart_interval: u16,
     frame: Option<Image>,
     saw_app14_rgb_ids: bool,
+    /// ICC_PROFILE chunks seen so far: (sequence number, count, payload).
+    icc_chunks: Vec<(u8, u8, Vec<u8>)>,
 }
 
 /// Skips the fill bytes (any number of 0xFF) at `pos` and reads the marker code after them:
 /// the code and the offset just past it, or None if the data ends first.
-fn read_marker_code(data: &[u8], mut pos: usize) -> Option<(u8, usize)> {
+pub(super) fn read_marker_code(data: &[u8], mut pos: usize) -> Option<(u8, usize)> {
     while pos < data.len() && data[pos] == 0xFF {
         pos += 1;
     }
@@ -59,7 +61,7 @@ fn read_marker_code(data: &[u8], mut pos: usize) -> Option<(u8, usize)> {
 
 /// Why the length field of a marker segment cannot be followed. Kept apart because the strict
 /// reader and the structure check judge them differently.
-enum BadSegment {
+pub(super) enum BadSegment {
     /// The data ends inside the length field.
     NoLength,
     /// A length under 2, which cannot even cover itself: corruption, not truncation.
@@ -69,7 +71,7 @@ enum BadSegment {
 }
 
 /// The payload of the segment whose length field is at `pos`, and the offset after it.
-fn read_segment(data: &[u8], pos: usize) -> Result<(&[u8], usize), BadSegment> {
+pub(super) fn read_segment(data: &[u8], pos: usize) -> Result<(&[u8], usize), BadSegment> {
     let Some(b) = data.get(pos..pos + 2) else {
         return Err(BadSegment::NoLength);
     };
@@ -122,6 +124,7 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
             quant_tables: [None; 4],
             adobe_transform: None,
             exif_orientation: None,
+            icc_profile: None,
             unsupported: None,
         },
         dc_tables: [None, None, None, None],
@@ -129,6 +132,7 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
         restart_interval: 0,
         frame: None,
         saw_app14_rgb_ids: false,
+        icc_chunks: Vec::new(),
     };
     let mut pos = 2;
     let mut scans = 0usize;
@@ -183,11 +187,13 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
             0xDC => return err("DNL marker is not supported"),
             0xEE => read_app14(&mut st, seg),
             0xE1 => read_app1(&mut st, seg),
+            0xE2 => read_app2(&mut st, seg),
             0xDA => {
                 if st.frame.is_none() {
                     return err("scan before frame header");
                 }
                 finalize_support(&mut st);
+                assemble_icc(&mut st);
                 if !decode {
                     return Ok(st);
                 }
@@ -210,6 +216,7 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
         return err("no scan");
     }
     finalize_support(&mut st);
+    assemble_icc(&mut st);
     Ok(st)
 }
 
@@ -278,7 +285,7 @@ pub(crate) fn check_structure(data: &[u8]) -> Result<(), StructureProblem> {
 /// The offset of the marker that ends the scan starting at `pos`, or None if the data ends
 /// first. Inside a scan `FF 00` is an escaped data byte and `FF D0`..`FF D7` are restart
 /// markers; any other `FF xx` ends the scan.
-fn skip_entropy_coded_data(data: &[u8], mut pos: usize) -> Option<usize> {
+pub(super) fn skip_entropy_coded_data(data: &[u8], mut pos: usize) -> Option<usize> {
     loop {
         pos += data.get(pos..)?.iter().position(|&b| b == 0xFF)?;
         match *data.get(pos + 1)? {
@@ -458,6 +465,37 @@ fn read_dht(st: &mut State, mut seg: &[u8]) -> Result<(), JpegError> {
         seg = &seg[17 + n..];
     }
     Ok(())
+}
+
+/// The ICC profile is split over APP2 segments tagged `ICC_PROFILE\0`, each with its sequence
+/// number (from 1) and the chunk count. Kept until the first scan, then assembled once.
+fn read_app2(st: &mut State, seg: &[u8]) {
+    const TAG: &[u8] = b"ICC_PROFILE\0";
+    if seg.len() < TAG.len() + 2 || &seg[..TAG.len()] != TAG {
+        return;
+    }
+    // Bounded: at most 255 chunks of < 64 KiB each can be declared, and a repeated sequence
+    // number is a broken file, not a second profile.
+    let (seq, count) = (seg[TAG.len()], seg[TAG.len() + 1]);
+    if st.icc_chunks.iter().all(|c| c.0 != seq) {
+        st.icc_chunks
+            .push((seq, count, seg[TAG.len() + 2..].to_vec()));
+    }
+}
+
+/// Joins the ICC chunks in sequence order. A profile with missing or inconsistent chunks is
+/// still handed on (as the bytes that are there): the colour code decides what a broken profile
+/// means, and must see that there was one.
+fn assemble_icc(st: &mut State) {
+    if st.icc_chunks.is_empty() || st.info.icc_profile.is_some() {
+        return;
+    }
+    st.icc_chunks.sort_by_key(|c| c.0);
+    let mut icc = Vec::with_capacity(st.icc_chunks.iter().map(|c| c.2.len()).sum());
+    for (_, _, chunk) in st.icc_chunks.drain(..) {
+        icc.extend_from_slice(&chunk);
+    }
+    st.info.icc_profile = Some(icc);
 }
 
 fn read_app14(st: &mut State, seg: &[u8]) {

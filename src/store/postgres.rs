@@ -125,10 +125,10 @@ fn key(after: i64) -> i32 {
     after.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
 
-/// The SET list shared by an image's final result and its duplicates' ($1 to $12).
+/// The SET list shared by an image's final result and its duplicates' ($1 to $15).
 const RESULT_COLUMNS: &str = "status = $1, output_key = $2, output_url = $3, input_format = $4, \
-     codec = $5, bytes_in = $6, bytes_out = $7, width = $8, height = $9, error = $10, \
-     error_code = $11, updated_at = $12";
+     codec = $5, bytes_in = $6, bytes_out = $7, width = $8, height = $9, output_format = $10, \
+     color_profile = $11, note = $12, error = $13, error_code = $14, updated_at = $15";
 
 fn bind_result<'q>(
     q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
@@ -145,6 +145,9 @@ fn bind_result<'q>(
         .bind(out.map(|o| o.bytes_out))
         .bind(out.map(|o| o.width as i32))
         .bind(out.map(|o| o.height as i32))
+        .bind(out.map(|o| o.output_format.as_str()))
+        .bind(out.and_then(|o| o.color_profile.as_deref()))
+        .bind(out.and_then(|o| o.note.as_deref()))
         .bind(r.failure.map(|f| f.message.as_str()))
         .bind(r.failure.map(|f| f.code.as_str()))
         .bind(now)
@@ -412,7 +415,8 @@ impl Backend for PgStore {
     ) -> StoreResult<Vec<(i64, ImageRow)>> {
         sqlx::query(
             "SELECT ordinal, product_id, position, input_url, status, output_url, error, \
-             error_code, attempts, codec FROM images WHERE request_id = $1 AND ordinal > $2 \
+             error_code, attempts, codec, bytes_in, bytes_out, width, height, output_format, \
+             color_profile, note FROM images WHERE request_id = $1 AND ordinal > $2 \
              ORDER BY ordinal LIMIT $3",
         )
         .bind(id.as_uuid())
@@ -582,7 +586,7 @@ impl Backend for PgStore {
     ) -> StoreResult<bool> {
         let sql = format!(
             "UPDATE images SET {RESULT_COLUMNS}, locked_by = NULL, locked_until = NULL \
-             WHERE id = $13 AND status = 'processing' AND locked_by = $14"
+             WHERE id = $16 AND status = 'processing' AND locked_by = $17"
         );
         let r = bind_result(sqlx::query(&sql), result, now)
             .bind(job.id)
@@ -600,7 +604,7 @@ impl Backend for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<i64>> {
         let sql = format!(
-            "UPDATE images SET {RESULT_COLUMNS} WHERE duplicate_of = $13 AND status = 'pending' \
+            "UPDATE images SET {RESULT_COLUMNS} WHERE duplicate_of = $16 AND status = 'pending' \
              RETURNING product_id"
         );
         let rows = bind_result(sqlx::query(&sql), result, now)

@@ -107,7 +107,7 @@ pub(crate) fn product(r: &impl Columns) -> StoreResult<ProductRow> {
 }
 
 /// `ordinal, product_id, position, input_url, status, output_url, error, error_code,
-/// attempts, codec`
+/// attempts, codec, bytes_in, bytes_out, width, height, output_format, color_profile, note`
 pub(crate) fn image(r: &impl Columns) -> StoreResult<(i64, ImageRow)> {
     Ok((
         r.int("ordinal")?,
@@ -121,6 +121,13 @@ pub(crate) fn image(r: &impl Columns) -> StoreResult<(i64, ImageRow)> {
             error_code: error_code(r, "error_code")?,
             attempts: r.int("attempts")?,
             codec: r.opt_text("codec")?,
+            bytes_in: r.opt_int("bytes_in")?,
+            bytes_out: r.opt_int("bytes_out")?,
+            width: r.opt_int("width")?,
+            height: r.opt_int("height")?,
+            output_format: r.opt_text("output_format")?,
+            color_profile: r.opt_text("color_profile")?,
+            note: r.opt_text("note")?,
         },
     ))
 }

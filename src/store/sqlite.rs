@@ -136,8 +136,8 @@ where
 
 /// The SET list shared by an image's final result and its duplicates'.
 const RESULT_COLUMNS: &str = "status = ?, output_key = ?, output_url = ?, input_format = ?, \
-     codec = ?, bytes_in = ?, bytes_out = ?, width = ?, height = ?, error = ?, error_code = ?, \
-     updated_at = ?";
+     codec = ?, bytes_in = ?, bytes_out = ?, width = ?, height = ?, output_format = ?, \
+     color_profile = ?, note = ?, error = ?, error_code = ?, updated_at = ?";
 
 fn bind_result<'q>(
     q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
@@ -154,6 +154,9 @@ fn bind_result<'q>(
         .bind(out.map(|o| o.bytes_out))
         .bind(out.map(|o| o.width))
         .bind(out.map(|o| o.height))
+        .bind(out.map(|o| o.output_format.as_str()))
+        .bind(out.and_then(|o| o.color_profile.as_deref()))
+        .bind(out.and_then(|o| o.note.as_deref()))
         .bind(r.failure.map(|f| f.message.as_str()))
         .bind(r.failure.map(|f| f.code.as_str()))
         .bind(ms(now))
@@ -398,7 +401,8 @@ impl Backend for SqliteStore {
     ) -> StoreResult<Vec<(i64, ImageRow)>> {
         sqlx::query(
             "SELECT ordinal, product_id, position, input_url, status, output_url, error, \
-             error_code, attempts, codec FROM images WHERE request_id = ? AND ordinal > ? \
+             error_code, attempts, codec, bytes_in, bytes_out, width, height, output_format, \
+             color_profile, note FROM images WHERE request_id = ? AND ordinal > ? \
              ORDER BY ordinal LIMIT ?",
         )
         .bind(id(rid))

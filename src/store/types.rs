@@ -88,6 +88,13 @@ pub struct ImageRow {
     pub error_code: Option<ErrorCode>,
     pub attempts: i64,
     pub codec: Option<String>,
+    pub bytes_in: Option<i64>,
+    pub bytes_out: Option<i64>,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub output_format: Option<String>,
+    pub color_profile: Option<String>,
+    pub note: Option<String>,
 }
 
 /// The state of a request's webhook delivery.
@@ -212,12 +219,17 @@ pub struct ImageOutput {
     pub key: String,
     pub url: String,
     pub input_format: String,
-    /// `requantized` or `pixels`: which codec path made the output.
+    /// `requantized`, `pixels`, `lossless` or `original`: how the output was made.
     pub codec: String,
     pub bytes_in: i64,
     pub bytes_out: i64,
     pub width: i64,
     pub height: i64,
+    /// `jpeg`, or the input's own format when it was kept.
+    pub output_format: String,
+    /// What was done about the input's colour profile; None without one.
+    pub color_profile: Option<String>,
+    pub note: Option<String>,
 }
 
 /// The final fields of a settled image (and of its duplicates): its status and either its

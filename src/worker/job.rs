@@ -66,6 +66,7 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
     let opts = CompressOptions {
         quality: ctx.config.quality,
         max_pixels: ctx.config.limits.max_image_pixels,
+        never_larger: ctx.config.never_larger,
     };
     // Memory before the core, always in this order: a job holding a core never waits for
     // anything, so the two can never deadlock.
@@ -104,21 +105,28 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
             ))
         }
     };
-    let key = ctx.storage.output_key(job.request_id, job.ordinal);
-    let (width, height, input_format, codec) =
-        (c.width, c.height, c.input_format.as_str(), c.codec.as_str());
-    let bytes_out = c.jpeg.len() as i64;
-    match ctx.storage.put(&key, c.jpeg).await {
-        Ok(url) => JobOutcome::Completed(ImageOutput {
-            key,
-            url,
-            input_format: input_format.to_string(),
-            codec: codec.to_string(),
-            bytes_in,
-            bytes_out,
-            width: width.into(),
-            height: height.into(),
-        }),
+    let key = ctx
+        .storage
+        .output_key(job.request_id, job.ordinal, c.format.extension());
+    let output = ImageOutput {
+        key,
+        url: String::new(),
+        input_format: c.input_format.as_str().to_string(),
+        codec: c.codec.as_str().to_string(),
+        bytes_in,
+        bytes_out: c.bytes.len() as i64,
+        width: c.width.into(),
+        height: c.height.into(),
+        output_format: c.format.as_str().to_string(),
+        color_profile: c.color.as_str().map(str::to_string),
+        note: c.note,
+    };
+    match ctx
+        .storage
+        .put(&output.key, c.bytes, c.format.content_type())
+        .await
+    {
+        Ok(url) => JobOutcome::Completed(ImageOutput { url, ..output }),
         Err(e) => retry_or_fail(
             ctx,
             job,

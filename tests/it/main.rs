@@ -6,6 +6,7 @@ mod common;
 mod client;
 mod crash;
 mod logs;
+mod outputs;
 mod pipeline;
 mod scale;
 mod security;

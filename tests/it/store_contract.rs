@@ -62,6 +62,9 @@ fn completed(job: &ImageJob) -> JobOutcome {
         bytes_out: 400,
         width: 10,
         height: 20,
+        output_format: "jpeg".into(),
+        color_profile: Some("converted".into()),
+        note: Some("a note".into()),
     })
 }
 

@@ -297,3 +297,13 @@ pub fn csv<A: AsRef<str>, B: AsRef<str>, C: AsRef<str>>(rows: &[(A, B, C)]) -> S
     }
     s
 }
+
+/// Every image of a status body, in CSV order.
+pub fn images(status: &Value) -> Vec<&Value> {
+    status["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["images"].as_array().unwrap())
+        .collect()
+}
