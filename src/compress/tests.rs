@@ -432,18 +432,20 @@ fn corrupt_data_after_valid_signature_is_a_decode_error() {
 
 /// Times the whole pipeline on a real 12-megapixel photo. Run with
 /// `cargo test --release compress::tests::bench -- --ignored --nocapture` (another file:
-/// `COMPRESS_BENCH_FILE=path`).
+/// `COMPRESS_BENCH_FILE=path`; the output written to `COMPRESS_BENCH_OUT=path` if set;
+/// `COMPRESS_BENCH_QUALITY`, default 80).
 #[test]
 #[ignore = "benchmark; needs /work/shared/bench-images and a release build"]
 fn bench_4000x3000_jpeg() {
     let path = std::env::var("COMPRESS_BENCH_FILE")
         .unwrap_or_else(|_| "/work/shared/bench-images/x2_mosaic_flowers_4000x3000_q90.jpg".into());
     let input = std::fs::read(&path).expect("bench image present");
-    let opts = CompressOptions {
-        quality: 80,
-        ..OPTS
-    };
-    compress(&input, &opts).unwrap(); // warm-up
+    let quality = std::env::var("COMPRESS_BENCH_QUALITY").map_or(80, |q| q.parse().unwrap());
+    let opts = CompressOptions { quality, ..OPTS };
+    let first = compress(&input, &opts).unwrap(); // warm-up
+    if let Ok(out) = std::env::var("COMPRESS_BENCH_OUT") {
+        std::fs::write(out, &first.bytes).unwrap();
+    }
     let runs = 5;
     let mut times = Vec::new();
     let mut out_len = 0;
