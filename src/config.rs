@@ -46,6 +46,9 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show the status of a request on a running service.
     Status(StatusArgs),
+    /// Download every output of a request and its report: as outputs.zip, or unpacked into a
+    /// folder.
+    Download(DownloadArgs),
 }
 
 /// `imgbatch submit --help`: the exit codes (client::Outcome).
@@ -110,6 +113,19 @@ pub struct StatusArgs {
     /// Print the full JSON status body instead of a summary.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DownloadArgs {
+    /// The request ID returned by the upload.
+    pub request_id: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Where to: a path ending in `.zip` gets the archive as it is; any other path is a folder
+    /// (created if needed) that gets the outputs and report.csv unpacked. Default:
+    /// `<request-id>-outputs.zip` here.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,5 +1,7 @@
 //! `GET /api/requests/{id}/outputs.zip`: every output and report.csv, streamed as it is read.
 
+use std::future::Future as _;
+
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -11,6 +13,12 @@ use super::{lookup, AppState};
 use crate::bundle;
 use crate::domain::{Owner, RequestId};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+
+/// A ZIP archive, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // describes the answer for the OpenAPI document only
+pub struct ZipArchive(Vec<u8>);
 
 /// Bytes of archive between the task that writes it and the connection.
 const PIPE_BYTES: usize = 64 * 1024;
@@ -26,7 +34,7 @@ const PIPE_BYTES: usize = 64 * 1024;
     tag = "requests",
     params(("requestId" = String, Path, description = "The ID returned by the upload")),
     responses(
-        (status = 200, description = "The archive", body = Vec<u8>, content_type = "application/zip"),
+        (status = 200, description = "The archive", body = ZipArchive, content_type = "application/zip"),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Request ID not found", body = ErrorBody),
         (status = 410, description = "The request was deleted by retention", body = ErrorBody),
@@ -45,6 +53,7 @@ pub async fn outputs_zip(
         return Err(lookup::missing(&state.core, id, &owner).await);
     }
     let (writer, reader) = tokio::io::duplex(PIPE_BYTES);
+    let writer = Stalled::new(writer, state.config.limits.status_stream_idle_timeout);
     let (done_tx, done) = oneshot::channel::<()>();
     let (core, storage) = (state.core.clone(), state.storage.clone());
     // A task of its own: the handler's future and the body are dropped when the client hangs
@@ -59,6 +68,9 @@ pub async fn outputs_zip(
             }
             Err(bundle::BundleError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                 tracing::debug!(request_id = %id, "client left during outputs.zip");
+            }
+            Err(bundle::BundleError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::warn!(request_id = %id, "outputs.zip abandoned: the client stopped reading");
             }
             Err(e) => tracing::error!(request_id = %id, error = %e, "outputs.zip failed part-way"),
         }
@@ -82,4 +94,66 @@ pub async fn outputs_zip(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// The pipe's writing end, failing with `TimedOut` once a write has waited `idle` for the
+/// client to read: a client that stops reading must not hold the task (and an open object
+/// read) forever. The task is never cancelled from outside (its reads of the database must not
+/// be cut off); it stops at this error like at any other.
+struct Stalled<W> {
+    inner: W,
+    idle: std::time::Duration,
+    /// Set while a write waits.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<W> Stalled<W> {
+    fn new(inner: W, idle: std::time::Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            deadline: None,
+        }
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalled<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
