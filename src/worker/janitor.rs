@@ -33,7 +33,8 @@ pub async fn run(core: Core, storage: Storage, retention: Retention, shutdown: C
         interval = %humantime::format_duration(retention.interval),
         "janitor started"
     );
-    let mut tick = tokio::time::interval(retention.interval);
+    // An interval of 0 would make `interval` panic: the shortest is a millisecond.
+    let mut tick = tokio::time::interval(retention.interval.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
