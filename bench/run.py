@@ -70,7 +70,11 @@ JPEG_THROUGHPUT_BOUND = 1.3
 RSS_BOUND_MB = 200.0
 # The memory phase: a batch of this many 12-megapixel images, default settings, fresh process.
 MEMORY_BATCH = 40
-PHASES = ("throughput", "jpeg", "status", "upload", "memory")
+# The zip phase: the bundle (outputs.zip) of a request of this many images, downloaded while the
+# process's RSS is sampled; it must stay within this much of the RSS before the download.
+ZIP_IMAGES = 10_000
+ZIP_RSS_BOUND_MB = 100.0
+PHASES = ("throughput", "jpeg", "status", "upload", "memory", "zip")
 
 QUALITY = 50
 
@@ -624,6 +628,64 @@ def measure_memory(svc: Service, origin: Origin, images: list[InputImage], timeo
     }
 
 
+def measure_zip(svc: Service, origin: Origin, images: list[InputImage], timeout: float) -> dict:
+    """Peak RSS above idle while outputs.zip of a ZIP_IMAGES-image request is downloaded: the
+    smallest image of the folder, each URL made distinct by a query, so every image has an
+    output of its own. Checks the archive (entries, zipfile's CRC test) after the download."""
+    import zipfile
+    small = min(images, key=lambda i: i.pixels)
+    rows = [(f"zip {k}", [origin.url(small.name, f"z={k}")]) for k in range(ZIP_IMAGES)]
+    body, ctype = multipart_csv(csv_text(rows))
+    log(f"zip: {ZIP_IMAGES} images of {small.name}; processing")
+    rid, _ = svc.upload(body, ctype)
+    final = svc.wait_settled(rid, timeout=timeout, interval=0.5)
+    time.sleep(2)
+    idle_kb = svc.proc_status_kb("VmRSS")
+    peak = [idle_kb]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], svc.proc_status_kb("VmRSS"))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = Path(tempfile.mkstemp(suffix=".zip")[1])
+    t0 = time.perf_counter()
+    first = None
+    total = 0
+    try:
+        with requests.get(f"{svc.base}/api/requests/{rid}/outputs.zip", stream=True,
+                          timeout=120) as r, open(out, "wb") as f:
+            r.raise_for_status()
+            for chunk in r.iter_content(64 * 1024):
+                if first is None:
+                    first = time.perf_counter() - t0
+                total += len(chunk)
+                f.write(chunk)
+        wall = time.perf_counter() - t0
+    finally:
+        stop.set()
+        sampler.join()
+    with zipfile.ZipFile(out) as z:
+        entries = len(z.namelist())
+        bad = z.testzip()
+    out.unlink()
+    return {
+        "images": ZIP_IMAGES,
+        "status": final.get("status"),
+        "entries": entries,
+        "bad_entry": bad,
+        "mb": total / 1e6,
+        "wall": wall,
+        "first_byte_ms": (first or 0) * 1000,
+        "idle_mb": idle_kb / 1024,
+        "peak_mb": peak[0] / 1024,
+        "above_idle_mb": (peak[0] - idle_kb) / 1024,
+    }
+
+
 def measure_size_quality(svc: Service, origin: Origin, images: list[InputImage], final: dict,
                          pillow_cache: dict) -> dict:
     """Compare the service's output of each distinct input (first repetition) with Pillow's."""
@@ -915,6 +977,16 @@ def build_report(meta: dict, results: list[dict], skipped: list[str]) -> str:
                      f"{fmt(w['dpsnr'], 2) if w else ''}) | {db} | {fmt(sq['dpsnr'], 2)} | 0.00 | — "
                      f"| ≥ {PSNR_DELTA_BOUND_DB:.1f} | "
                      f"{verdict(sq['dpsnr'] >= PSNR_DELTA_BOUND_DB and ok_all)} |")
+        z = res.get("zip")
+        if z:
+            ok = (z["status"] == "completed" and z["entries"] == z["images"] + 1
+                  and z["bad_entry"] is None)
+            L.append(f"| outputs.zip of {z['images']:,} images, RSS above idle while downloading, MB "
+                     f"(idle {fmt(z['idle_mb'], 0)}, peak {fmt(z['peak_mb'], 0)}; {z['entries']:,} "
+                     f"entries, {fmt(z['mb'], 0)} MB in {fmt(z['wall'])} s, first byte "
+                     f"{fmt(z['first_byte_ms'], 0)} ms) | {db} | {fmt(z['above_idle_mb'])} | — | — | "
+                     f"≤ {ZIP_RSS_BOUND_MB:.0f} | "
+                     f"{verdict(ok and z['above_idle_mb'] <= ZIP_RSS_BOUND_MB)} |")
     for s in skipped:
         L.append(f"| run | {s} | | | | | — |")
     L.append("")
@@ -1070,6 +1142,17 @@ def run_database(kind: str, args, binary: Path, tmp: Path, origin: Origin,
                     if "hwm_mb" in m:
                         log(f"[{kind}] memory: VmHWM {m['hwm_mb']:.0f} MB over {m['images']} "
                             f"images in {m['wall']:.1f} s")
+                res.setdefault("log_problems", collections.Counter()).update(svc.log_problems)
+        if "zip" in phases:
+            with fresh_database(kind, tmp, args.pg_url) as db_url:
+                log(f"[{kind}] starting a fresh service for the bundle download")
+                with Service(binary, db_url, tmp, label=f"imgbatch-{kind}-zip") as svc:
+                    res["zip"] = measure_zip(svc, origin, images, timeout=1800)
+                    z = res["zip"]
+                    log(f"[{kind}] zip: {z['entries']} entries, {z['mb']:.0f} MB in "
+                        f"{z['wall']:.1f} s, first byte {z['first_byte_ms']:.0f} ms, RSS "
+                        f"{z['idle_mb']:.0f} → {z['peak_mb']:.0f} MB "
+                        f"(+{z['above_idle_mb']:.1f})")
                 res.setdefault("log_problems", collections.Counter()).update(svc.log_problems)
         if "upload" in phases:
             with fresh_database(kind, tmp, args.pg_url) as db_url:

@@ -1,4 +1,4 @@
-//! `imgbatch submit` and `imgbatch status`: a small client for the HTTP API, for people who
+//! `imgbatch submit`, `imgbatch status` and `imgbatch download`: a small client for the HTTP API, for people who
 //! would rather not write curl loops.
 //!
 //! Exit codes of `submit --wait` (see [`Outcome`]): 0 when every image completed, 2 when the
@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::config::{ServerArgs, StatusArgs, SubmitArgs};
+use crate::config::{DownloadArgs, ServerArgs, StatusArgs, SubmitArgs};
 
 /// How a client command ended, when it did not fail outright.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +58,25 @@ struct Api {
 
 impl Api {
     fn new(args: &ServerArgs) -> anyhow::Result<Self> {
+        Self::with_client(
+            args,
+            reqwest::Client::builder().timeout(Duration::from_secs(120)),
+        )
+    }
+
+    /// For downloads, which may take longer than any total timeout: only a stall ends them.
+    fn for_download(args: &ServerArgs) -> anyhow::Result<Self> {
+        Self::with_client(
+            args,
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(30))
+                .read_timeout(Duration::from_secs(120)),
+        )
+    }
+
+    fn with_client(args: &ServerArgs, http: reqwest::ClientBuilder) -> anyhow::Result<Self> {
         Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?,
+            http: http.build()?,
             base: args.server.trim_end_matches('/').to_string(),
             key: args.api_key.clone(),
         })
@@ -320,4 +335,76 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         print_summary(&s);
     }
     Ok(Outcome::Success)
+}
+
+/// `imgbatch download <id> [-o file.zip | -o folder]`: outputs.zip saved as it arrives (to a
+/// `.part` file renamed once complete, so a cut download never looks finished), and for a
+/// folder unpacked there.
+pub async fn download(args: DownloadArgs) -> anyhow::Result<Outcome> {
+    let api = Api::for_download(&args.server)?;
+    let id = &args.request_id;
+    let target = args
+        .output
+        .clone()
+        .unwrap_or_else(|| format!("{id}-outputs.zip").into());
+    let as_zip = target
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+    let folder = (!as_zip).then(|| target.clone());
+    let archive = match &folder {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.join(format!(".{id}-outputs.zip"))
+        }
+        None => target.clone(),
+    };
+    let part = archive.with_extension("zip.part");
+    let mut resp = api
+        .send(api.request(
+            reqwest::Method::GET,
+            &format!("/api/requests/{id}/outputs.zip"),
+        ))
+        .await?;
+    let mut file = tokio::fs::File::create(&part)
+        .await
+        .with_context(|| format!("cannot write {}", part.display()))?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .context("the download was cut off; run it again")?
+    {
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
+        bytes += chunk.len() as u64;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file).await?;
+    drop(file);
+    std::fs::rename(&part, &archive)?;
+    match folder {
+        None => println!("{} ({bytes} bytes)", archive.display()),
+        Some(dir) => {
+            let unpacked = unpack(&archive, &dir);
+            std::fs::remove_file(&archive)?;
+            println!("{} ({} files)", dir.display(), unpacked?);
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// Unpacks a bundle into `dir`; the number of files. Entry names are single file names (the
+/// service makes them so); anything else is refused rather than written outside `dir`.
+fn unpack(archive: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<usize> {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(archive)?)
+        .context("the service sent an archive that does not open")?;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i)?;
+        let name = entry
+            .enclosed_name()
+            .filter(|p| p.components().count() == 1)
+            .with_context(|| format!("refusing the entry name {:?}", entry.name()))?;
+        let mut out = std::fs::File::create(dir.join(name))?;
+        std::io::copy(&mut entry, &mut out)?;
+    }
+    Ok(zip.len())
 }

@@ -46,6 +46,9 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show the status of a request on a running service.
     Status(StatusArgs),
+    /// Download every output of a request and its report: as outputs.zip, or unpacked into a
+    /// folder.
+    Download(DownloadArgs),
 }
 
 /// `imgbatch submit --help`: the exit codes (client::Outcome).
@@ -110,6 +113,19 @@ pub struct StatusArgs {
     /// Print the full JSON status body instead of a summary.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DownloadArgs {
+    /// The request ID returned by the upload.
+    pub request_id: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Where to: a path ending in `.zip` gets the archive as it is; any other path is a folder
+    /// (created if needed) that gets the outputs and report.csv unpacked. Default:
+    /// `<request-id>-outputs.zip` here.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,6 +223,16 @@ pub struct Config {
     #[arg(long, env = "IMGBATCH_STATUS_STREAM_THRESHOLD",
           default_value_t = DEFAULT_STATUS_STREAM_THRESHOLD)]
     pub status_stream_threshold: u64,
+
+    /// Delete finished requests (their rows, outputs and webhook deliveries) this long after
+    /// they last changed, e.g. `30d`; off by default (keep forever). A deleted request answers
+    /// 410 for as long again, then 404.
+    #[arg(long, env = "IMGBATCH_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+
+    /// How often the janitor looks for requests to delete (with `IMGBATCH_RETENTION`).
+    #[arg(long, env = "IMGBATCH_JANITOR_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub janitor_interval: Duration,
 
     /// Log format: human-readable text or one JSON object a line.
     #[arg(long, env = "IMGBATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -370,6 +396,9 @@ mod tests {
         assert!(c.api_keys.is_empty());
         assert_eq!(c.webhook_retry_schedule.0.len(), 7);
         assert_eq!(c.webhook_retry_schedule.0[1], Duration::from_secs(300));
+        assert_eq!(c.retention, None);
+        assert_eq!(c.janitor_interval, Duration::from_secs(60));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
     }
 
     #[test]

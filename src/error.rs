@@ -23,6 +23,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request existed and was deleted by retention.
+    #[error("{0}")]
+    Gone(String),
     /// `envelope`: the whole body passed `limit` plus the room left for the multipart envelope.
     #[error("{}", too_large_message(*.limit, *.envelope))]
     PayloadTooLarge { limit: usize, envelope: bool },
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -118,6 +122,14 @@ impl ApiError {
 
     pub fn request_not_found() -> Self {
         ApiError::NotFound("Request ID not found".into())
+    }
+
+    /// A request deleted by retention at `at`.
+    pub fn request_gone(at: chrono::DateTime<chrono::Utc>) -> Self {
+        ApiError::Gone(format!(
+            "Request deleted by retention at {}; its outputs are gone",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))
     }
 }
 

@@ -4,6 +4,7 @@
 //! use it, so tests run exactly what production runs.
 
 pub mod api;
+pub mod bundle;
 pub mod client;
 pub mod compress;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod failure;
 pub mod fetch;
+pub mod image_report;
 pub mod intake;
 pub mod jpeg;
 pub mod memory;
@@ -46,6 +48,7 @@ pub struct Server {
     shutdown: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     workers: Option<WorkerPool>,
+    janitor: Option<JoinHandle<()>>,
 }
 
 /// Binds, migrates, and starts serving and working. Returns once the service is ready.
@@ -94,6 +97,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
 
+    let bundle_storage = storage.clone();
+    let janitor = config.retention.map(|keep| {
+        let retention = worker::janitor::Retention {
+            keep,
+            interval: config.janitor_interval,
+            lease: config.workers.lease,
+        };
+        tokio::spawn(worker::janitor::run(
+            core.clone(),
+            storage.clone(),
+            retention,
+            shutdown.child_token(),
+        ))
+    });
     let workers = if config.workers.workers > 0 {
         let fetcher = fetch::Fetcher::new(&config)?;
         let signer = webhook::Signer::from_secret(&webhook_secret(&core, &config).await?)?;
@@ -120,6 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         config,
         public_url,
         status_cache: Arc::new(api::status_cache::StatusCache::new(64 * 1024 * 1024)),
+        storage: bundle_storage,
     };
     let app = api::router(state);
     let http_shutdown = shutdown.clone();
@@ -145,6 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         shutdown,
         http,
         workers,
+        janitor,
     })
 }
 
@@ -170,6 +189,10 @@ impl Server {
         self.shutdown.cancel();
         if let Some(workers) = self.workers {
             workers.stop().await;
+        }
+        if let Some(janitor) = self.janitor {
+            // It stops between two requests; one it had taken is taken up again later.
+            janitor.await?;
         }
         self.http.await??;
         Ok(())

@@ -34,6 +34,9 @@ async fn run() -> std::process::ExitCode {
         Some(Command::Submit(args)) => {
             return imgbatch::client::exit_code(imgbatch::client::submit(args).await)
         }
+        Some(Command::Download(args)) => {
+            return imgbatch::client::exit_code(imgbatch::client::download(args).await)
+        }
         Some(Command::Status(args)) => {
             return imgbatch::client::exit_code(imgbatch::client::status(args).await)
         }

@@ -252,10 +252,10 @@ enum Phase {
 }
 
 /// Rows read from one keyset-paged query and not written yet.
-struct Paged<T> {
-    rows: VecDeque<T>,
+pub(crate) struct Paged<T> {
+    pub(crate) rows: VecDeque<T>,
     /// The key of the last row read (`-1` before the first page).
-    after: i64,
+    pub(crate) after: i64,
     /// A short page was the last.
     done: bool,
 }
@@ -272,11 +272,11 @@ impl<T> Default for Paged<T> {
 
 impl<T> Paged<T> {
     /// Takes a page in, if nothing is left of the last one and there may be more.
-    fn needs_page(&self) -> bool {
+    pub(crate) fn needs_page(&self) -> bool {
         self.rows.is_empty() && !self.done
     }
 
-    fn add_page(&mut self, page: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) {
+    pub(crate) fn add_page(&mut self, page: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) {
         self.done = (page.len() as i64) < limit;
         if let Some(last) = page.last() {
             self.after = key(last);
@@ -454,7 +454,8 @@ pub fn output_csv(detail: RequestDetail) -> Vec<u8> {
     w.into_inner().unwrap_or_default()
 }
 
-fn defuse(cell: &str) -> std::borrow::Cow<'_, str> {
+/// A cell a spreadsheet would run as a formula, with a leading quote.
+pub(crate) fn defuse(cell: &str) -> std::borrow::Cow<'_, str> {
     match cell.as_bytes().first() {
         Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into(),
         _ => cell.into(),
@@ -478,6 +479,8 @@ mod tests {
             error_code: None,
             attempts: 1,
             codec: None,
+            output_key: None,
+            input_format: None,
             bytes_in: None,
             bytes_out: None,
             width: None,
@@ -611,6 +614,8 @@ mod tests {
                     color_profile: (pos == 2).then(|| "converted".into()),
                     note: (pos == 2)
                         .then(|| "converted to sRGB from its embedded ICC profile (\"P3\")".into()),
+                    output_key: None,
+                    input_format: None,
                 });
             }
         }

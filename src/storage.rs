@@ -4,6 +4,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -37,7 +40,10 @@ impl Storage {
                 std::fs::create_dir_all(location)
                     .with_context(|| format!("cannot create storage folder {location}"))?;
                 Self {
-                    inner: Arc::new(LocalFileSystem::new_with_prefix(location)?),
+                    // Deleting a request's last output removes its folder too (retention).
+                    inner: Arc::new(
+                        LocalFileSystem::new_with_prefix(location)?.with_automatic_cleanup(true),
+                    ),
                     prefix: String::new(),
                     url_base: format!("{public_url}/images"),
                     key_salt: String::new(),
@@ -148,5 +154,35 @@ impl Storage {
             .put_opts(&path, PutPayload::from(bytes), opts)
             .await?;
         Ok(format!("{}/{}", self.url_base, path))
+    }
+
+    /// The bytes stored under `key`, as they arrive: never the whole object in memory.
+    pub async fn read(
+        &self,
+        key: &str,
+    ) -> object_store::Result<BoxStream<'static, object_store::Result<Bytes>>> {
+        Ok(self.inner.get(&self.path(key)).await?.into_stream())
+    }
+
+    /// Deletes every object of a request (`{request}/…`), whatever rows name them, and says
+    /// how many there were. Deleting what is already gone is not an error, so a deletion cut
+    /// short can simply run again.
+    pub async fn delete_request(&self, request: crate::domain::RequestId) -> anyhow::Result<u64> {
+        let prefix = self.path(&request.to_string());
+        let locations = self
+            .inner
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        let mut deleted = self.inner.delete_stream(locations);
+        let mut n = 0;
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) => n += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e).context("cannot delete an output"),
+            }
+        }
+        Ok(n)
     }
 }

@@ -5,9 +5,12 @@ mod auth;
 mod client_addr;
 mod health;
 mod home;
+mod lookup;
 pub mod openapi;
 mod output_csv;
+mod outputs_zip;
 mod rate_limit;
+mod report_csv;
 mod status;
 pub mod status_cache;
 pub mod status_stream;
@@ -39,6 +42,8 @@ pub struct AppState {
     /// Base of output image URLs, without a trailing slash.
     pub public_url: Arc<str>,
     pub status_cache: Arc<status_cache::StatusCache>,
+    /// Where outputs are read back from (outputs.zip).
+    pub storage: crate::storage::Storage,
 }
 
 /// The API page is Swagger UI's; its browser tab says whose API it is.
@@ -95,6 +100,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/requests/{request_id}/output.csv",
             get(output_csv::output_csv),
+        )
+        .route(
+            "/requests/{request_id}/report.csv",
+            get(report_csv::report_csv),
+        )
+        .route(
+            "/requests/{request_id}/outputs.zip",
+            get(outputs_zip::outputs_zip),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(method_not_allowed)

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, output_csv, status, upload, webhook_retry};
+use super::{health, output_csv, outputs_zip, report_csv, status, upload, webhook_retry};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,8 @@ use super::{health, output_csv, status, upload, webhook_retry};
         upload::upload,
         status::status,
         output_csv::output_csv,
+        report_csv::report_csv,
+        outputs_zip::outputs_zip,
         webhook_retry::retry,
         health::healthz,
         health::readyz,
@@ -61,6 +63,8 @@ mod tests {
             "/api/upload",
             "/api/status/{requestId}",
             "/api/requests/{requestId}/output.csv",
+            "/api/requests/{requestId}/report.csv",
+            "/api/requests/{requestId}/outputs.zip",
             "/api/requests/{requestId}/webhook/retry",
             "/healthz",
             "/readyz",

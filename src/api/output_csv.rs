@@ -2,7 +2,7 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use super::AppState;
+use super::{lookup, AppState};
 use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -19,6 +19,7 @@ use crate::report;
         (status = 200, description = "The CSV", body = String, content_type = "text/csv"),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Request ID not found", body = ErrorBody),
+        (status = 410, description = "The request was deleted by retention", body = ErrorBody),
         (status = 429, description = "Rate limit", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
@@ -30,11 +31,9 @@ pub async fn output_csv(
     Path(raw_id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
-    let detail = state
-        .core
-        .request_detail(id, &owner)
-        .await?
-        .ok_or_else(ApiError::request_not_found)?;
+    let Some(detail) = state.core.request_detail(id, &owner).await? else {
+        return Err(lookup::missing(&state.core, id, &owner).await);
+    };
     let disposition = format!("attachment; filename=\"{id}.csv\"");
     Ok((
         [

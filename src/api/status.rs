@@ -3,7 +3,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::{status_stream, AppState};
+use super::{lookup, status_stream, AppState};
 use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -22,6 +22,7 @@ use crate::report::StatusBody;
         (status = 200, description = "The request", body = StatusBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Request ID not found (also for a malformed ID)", body = ErrorBody),
+        (status = 410, description = "The request was deleted by retention", body = ErrorBody),
         (status = 429, description = "Rate limit", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
@@ -34,11 +35,9 @@ pub async fn status(
 ) -> ApiResult<Response> {
     // A malformed ID names no request: 404 like any unknown one.
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
-    let head = state
-        .core
-        .request_head(id, &owner)
-        .await?
-        .ok_or_else(ApiError::request_not_found)?;
+    let Some(head) = state.core.request_head(id, &owner).await? else {
+        return Err(lookup::missing(&state.core, id, &owner).await);
+    };
     let version = head.version;
     let finished = version.status.is_final();
     let cached = finished
@@ -60,11 +59,9 @@ pub async fn status(
         )
         .await;
     }
-    let detail = state
-        .core
-        .request_detail(id, &owner)
-        .await?
-        .ok_or_else(ApiError::request_not_found)?;
+    let Some(detail) = state.core.request_detail(id, &owner).await? else {
+        return Err(lookup::missing(&state.core, id, &owner).await);
+    };
     let body = Bytes::from(
         serde_json::to_vec(&StatusBody::build(detail)).map_err(|e| ApiError::Internal(e.into()))?,
     );

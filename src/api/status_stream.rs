@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::core::{Core, ImageRow, ProductRow, ReadSnapshot, StoreResult};
+use crate::core::{Core, ImageRow, ProductRow, ReadSnapshot, RequestRow, StoreResult, WebhookRow};
 use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult};
@@ -42,6 +42,36 @@ const CHANNEL_CHUNKS: usize = 2;
 /// just often enough to beat the idle timeout still cannot hold a snapshot for long.
 const MAX_STREAM_TIME: Duration = Duration::from_secs(600);
 
+/// A body read from one snapshot a page at a time: the status body, report.csv.
+pub trait SnapshotBody: Sized + Send + 'static {
+    const CONTENT_TYPE: &'static str;
+
+    /// The body of `request` (and its delivery), both read from the snapshot that will give
+    /// the rows.
+    fn start(request: RequestRow, webhook: Option<WebhookRow>) -> StoreResult<Self>;
+
+    /// The next chunk of the body (about [`CHUNK_BYTES`]), or `None` after the last.
+    fn next_chunk(
+        &mut self,
+        rows: &mut (impl StatusRows + Send),
+    ) -> impl std::future::Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+}
+
+impl SnapshotBody for StatusStream {
+    const CONTENT_TYPE: &'static str = "application/json";
+
+    fn start(request: RequestRow, webhook: Option<WebhookRow>) -> StoreResult<Self> {
+        StatusStream::new(request, webhook, PAGE_ROWS, CHUNK_BYTES)
+    }
+
+    async fn next_chunk(
+        &mut self,
+        rows: &mut (impl StatusRows + Send),
+    ) -> StoreResult<Option<Vec<u8>>> {
+        StatusStream::next_chunk(self, rows).await
+    }
+}
+
 /// Answers with the streamed status body of `id`, or an error (404, 503) before anything is
 /// sent. `idle` bounds how long the snapshot waits for a client that stops reading.
 pub async fn respond(
@@ -50,12 +80,24 @@ pub async fn respond(
     owner: Owner,
     idle: Duration,
 ) -> ApiResult<Response> {
+    respond_with::<StatusStream>(core, id, owner, idle).await
+}
+
+/// Answers with body `S` of `id`, streamed from one snapshot, or an error (404, 503) before
+/// anything is sent.
+pub async fn respond_with<S: SnapshotBody>(
+    core: Core,
+    id: RequestId,
+    owner: Owner,
+    idle: Duration,
+) -> ApiResult<Response> {
     let (opened_tx, opened) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    tokio::spawn(produce(core, id, owner, idle, opened_tx, tx));
+    let (asked, asker) = (core.clone(), owner.clone());
+    tokio::spawn(produce::<S>(core, id, owner, idle, opened_tx, tx));
     match opened.await {
         Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return Err(ApiError::request_not_found()),
+        Ok(Ok(false)) => return Err(super::lookup::missing(&asked, id, &asker).await),
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => {
             return Err(ApiError::Internal(anyhow::anyhow!(
@@ -75,7 +117,7 @@ pub async fn respond(
         }
     });
     Ok((
-        [(header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, S::CONTENT_TYPE)],
         Body::from_stream(body),
     )
         .into_response())
@@ -104,7 +146,7 @@ enum Stop {
 
 /// The task that owns the snapshot: opens it, streams the body, and always ends the
 /// transaction itself, however the stream ended.
-async fn produce(
+async fn produce<S: SnapshotBody>(
     core: Core,
     id: RequestId,
     owner: Owner,
@@ -119,7 +161,7 @@ async fn produce(
             return;
         }
     };
-    let stop = stream(&mut snap, id, &owner, idle, opened, &tx).await;
+    let stop = stream::<S>(&mut snap, id, &owner, idle, opened, &tx).await;
     // The snapshot ends before the end of the body waits for the client.
     if let Err(e) = snap.close().await {
         tracing::warn!(request_id = %id, error = %e, "could not end a status snapshot");
@@ -144,7 +186,7 @@ async fn produce(
     // Dropping `tx` without `End` makes the body end with an error (see `respond`).
 }
 
-async fn stream(
+async fn stream<S: SnapshotBody>(
     snap: &mut ReadSnapshot,
     id: RequestId,
     owner: &Owner,
@@ -165,7 +207,7 @@ async fn stream(
             return Stop::Answered;
         }
     };
-    let mut body = match StatusStream::new(request, webhook, PAGE_ROWS, CHUNK_BYTES) {
+    let mut body = match S::start(request, webhook) {
         Ok(body) => body,
         Err(e) => {
             let _ = opened.send(Err(e));

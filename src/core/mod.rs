@@ -11,6 +11,7 @@ mod backoff;
 mod deliveries;
 mod images;
 mod requests;
+mod retention;
 
 use std::time::Duration;
 
@@ -129,6 +130,14 @@ macro_rules! detached {
 
 fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60))
+}
+
+/// `span` before `now`, or the beginning of time for a span longer than that.
+fn ago(now: DateTime<Utc>, span: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(span)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 impl Core {
@@ -331,6 +340,46 @@ impl Core {
         id: RequestId,
     ) -> StoreResult<Vec<(Option<i64>, Option<String>)>> {
         on_backend!(&self.db, b => b.webhook_attempts(id).await)
+    }
+
+    // --- Retention ---
+
+    /// Takes up to `limit` finished requests that last changed more than `retention` ago
+    /// (and any whose deletion a dead janitor left half-done) for this caller to delete, for
+    /// `lease`. From now on they answer 410 (see [`Core::deleted_at`]). Delete their objects,
+    /// then call [`Core::delete_request_rows`].
+    pub async fn claim_deletions(
+        &self,
+        retention: Duration,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<RequestId>> {
+        let now = Utc::now();
+        let before = ago(now, retention);
+        let (until, limit) = (lease_until(now, lease), limit as i64);
+        detached!(self, b => retention::claim(b, before, until, now, limit).await)
+    }
+
+    /// Deletes the rows of a request taken by [`Core::claim_deletions`], once its objects are
+    /// gone. False if they were gone already.
+    pub async fn delete_request_rows(&self, id: RequestId) -> StoreResult<bool> {
+        detached!(self, b => retention::delete_rows(b, id).await)
+    }
+
+    /// When `owner`'s request `id` was deleted by retention, while its tombstone is kept.
+    pub async fn deleted_at(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        on_backend!(&self.db, b => b.tombstone(id, owner).await)
+    }
+
+    /// Drops the tombstones of requests deleted more than `keep` ago: after that they are
+    /// unknown (404) like any other ID. How many.
+    pub async fn drop_tombstones(&self, keep: Duration) -> StoreResult<u64> {
+        let before = ago(Utc::now(), keep);
+        on_backend!(&self.db, b => b.drop_tombstones(before).await)
     }
 
     // --- Settings ---

@@ -173,6 +173,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status (kept complete by `every_status_is_listed` below).
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Processing,
+        Status::Completed,
+        Status::CompletedWithErrors,
+        Status::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
@@ -228,6 +237,22 @@ impl fmt::Display for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_is_listed() {
+        // A new status makes this match fail to compile until it is added to ALL as well.
+        let listed = |s: Status| match s {
+            Status::Pending
+            | Status::Processing
+            | Status::Completed
+            | Status::CompletedWithErrors
+            | Status::Failed => Status::ALL.contains(&s),
+        };
+        assert!(Status::ALL.into_iter().all(listed));
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+    }
 
     #[test]
     fn values_are_built_only_by_validating() {

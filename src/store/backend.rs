@@ -336,4 +336,49 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
     fn setting(&self, key: &str) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+
+    // Retention and reports (issue 18)
+
+    /// Takes up to `limit` requests to delete and leases them to the caller until `until`:
+    /// those with a status in `finished` that last changed before `before`, and those taken
+    /// before whose lease has run out (their janitor died). Marks them deleting (from then on
+    /// they are not served), and never hands one request to two callers at once.
+    fn claim_deletions(
+        &self,
+        c: &mut Conn<Self>,
+        finished: &[Status],
+        before: DateTime<Utc>,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<RequestId>>> + Send;
+
+    /// Records a tombstone, with its owner, for each of these requests that has none.
+    fn insert_tombstones(
+        &self,
+        c: &mut Conn<Self>,
+        ids: &[RequestId],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Deletes a request marked deleting, with its products, images and deliveries. The
+    /// number of requests deleted (0 if it was gone already).
+    fn delete_request(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// When the request was deleted, if `owner`'s request of this id has a tombstone.
+    fn tombstone(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> impl Future<Output = StoreResult<Option<DateTime<Utc>>>> + Send;
+
+    /// Drops the tombstones of deletions before `before`; how many.
+    fn drop_tombstones(
+        &self,
+        before: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
 }

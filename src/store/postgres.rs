@@ -321,7 +321,8 @@ impl Backend for PgStore {
     ) -> StoreResult<Option<RequestRow>> {
         sqlx::query(
             "SELECT id, status, webhook_url, total_products, total_images, completed_images, \
-             failed_images, created_at, updated_at FROM requests WHERE id = $1 AND owner = $2",
+             failed_images, created_at, updated_at FROM requests \
+             WHERE id = $1 AND owner = $2 AND deleting_at IS NULL",
         )
         .bind(id.as_uuid())
         .bind(owner.as_str())
@@ -336,7 +337,7 @@ impl Backend for PgStore {
             "SELECT r.status, r.updated_at, r.total_images, d.updated_at AS d_updated, \
              d.attempts, d.state \
              FROM requests r LEFT JOIN webhook_deliveries d ON d.request_id = r.id \
-             WHERE r.id = $1 AND r.owner = $2",
+             WHERE r.id = $1 AND r.owner = $2 AND r.deleting_at IS NULL",
         )
         .bind(id.as_uuid())
         .bind(owner.as_str())
@@ -416,7 +417,8 @@ impl Backend for PgStore {
         sqlx::query(
             "SELECT ordinal, product_id, position, input_url, status, output_url, error, \
              error_code, attempts, codec, bytes_in, bytes_out, width, height, output_format, \
-             color_profile, note FROM images WHERE request_id = $1 AND ordinal > $2 \
+             color_profile, note, output_key, input_format FROM images \
+             WHERE request_id = $1 AND ordinal > $2 \
              ORDER BY ordinal LIMIT $3",
         )
         .bind(id.as_uuid())
@@ -880,5 +882,84 @@ impl Backend for PgStore {
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+
+    // Retention and reports (issue 18)
+
+    /// `FOR UPDATE SKIP LOCKED`: two janitors claiming at once take different requests, and
+    /// the lease keeps a taken one from the others until it runs out.
+    async fn claim_deletions(
+        &self,
+        c: &mut PgConnection,
+        finished: &[Status],
+        before: DateTime<Utc>,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<Vec<RequestId>> {
+        let finished: Vec<&str> = finished.iter().map(|s| s.as_str()).collect();
+        sqlx::query(
+            "UPDATE requests SET deleting_at = COALESCE(deleting_at, $1), janitor_until = $2 \
+             WHERE id IN (SELECT id FROM requests \
+                 WHERE (deleting_at IS NOT NULL AND janitor_until < $1) \
+                    OR (deleting_at IS NULL AND updated_at < $3 AND status = ANY($4)) \
+                 ORDER BY updated_at LIMIT $5 FOR UPDATE SKIP LOCKED) \
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(until)
+        .bind(before)
+        .bind(&finished)
+        .bind(limit)
+        .fetch_all(c)
+        .await?
+        .iter()
+        .map(|r| rows::request_id(r, "id"))
+        .collect()
+    }
+
+    async fn insert_tombstones(
+        &self,
+        c: &mut PgConnection,
+        ids: &[RequestId],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let ids: Vec<Uuid> = ids.iter().map(|r| r.as_uuid()).collect();
+        sqlx::query(
+            "INSERT INTO tombstones (request_id, owner, deleted_at) \
+             SELECT id, owner, $1 FROM requests WHERE id = ANY($2) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(now)
+        .bind(&ids)
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_request(&self, c: &mut PgConnection, id: RequestId) -> StoreResult<u64> {
+        let r = sqlx::query("DELETE FROM requests WHERE id = $1 AND deleting_at IS NOT NULL")
+            .bind(id.as_uuid())
+            .execute(c)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn tombstone(&self, id: RequestId, owner: &Owner) -> StoreResult<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT deleted_at FROM tombstones WHERE request_id = $1 AND owner = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(owner.as_str())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn drop_tombstones(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let r = sqlx::query("DELETE FROM tombstones WHERE deleted_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
     }
 }

@@ -107,7 +107,8 @@ pub(crate) fn product(r: &impl Columns) -> StoreResult<ProductRow> {
 }
 
 /// `ordinal, product_id, position, input_url, status, output_url, error, error_code,
-/// attempts, codec, bytes_in, bytes_out, width, height, output_format, color_profile, note`
+/// attempts, codec, bytes_in, bytes_out, width, height, output_format, color_profile, note,
+/// output_key, input_format`
 pub(crate) fn image(r: &impl Columns) -> StoreResult<(i64, ImageRow)> {
     Ok((
         r.int("ordinal")?,
@@ -121,6 +122,8 @@ pub(crate) fn image(r: &impl Columns) -> StoreResult<(i64, ImageRow)> {
             error_code: error_code(r, "error_code")?,
             attempts: r.int("attempts")?,
             codec: r.opt_text("codec")?,
+            output_key: r.opt_text("output_key")?,
+            input_format: r.opt_text("input_format")?,
             bytes_in: r.opt_int("bytes_in")?,
             bytes_out: r.opt_int("bytes_out")?,
             width: r.opt_int("width")?,

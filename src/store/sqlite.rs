@@ -303,7 +303,8 @@ impl Backend for SqliteStore {
     ) -> StoreResult<Option<RequestRow>> {
         sqlx::query(
             "SELECT id, status, webhook_url, total_products, total_images, completed_images, \
-             failed_images, created_at, updated_at FROM requests WHERE id = ? AND owner = ?",
+             failed_images, created_at, updated_at FROM requests \
+             WHERE id = ? AND owner = ? AND deleting_at IS NULL",
         )
         .bind(id(rid))
         .bind(owner.as_str())
@@ -322,7 +323,7 @@ impl Backend for SqliteStore {
             "SELECT r.status, r.updated_at, r.total_images, d.updated_at AS d_updated, \
              d.attempts, d.state \
              FROM requests r LEFT JOIN webhook_deliveries d ON d.request_id = r.id \
-             WHERE r.id = ? AND r.owner = ?",
+             WHERE r.id = ? AND r.owner = ? AND r.deleting_at IS NULL",
         )
         .bind(id(rid))
         .bind(owner.as_str())
@@ -402,7 +403,8 @@ impl Backend for SqliteStore {
         sqlx::query(
             "SELECT ordinal, product_id, position, input_url, status, output_url, error, \
              error_code, attempts, codec, bytes_in, bytes_out, width, height, output_format, \
-             color_profile, note FROM images WHERE request_id = ? AND ordinal > ? \
+             color_profile, note, output_key, input_format FROM images \
+             WHERE request_id = ? AND ordinal > ? \
              ORDER BY ordinal LIMIT ?",
         )
         .bind(id(rid))
@@ -845,6 +847,85 @@ impl Backend for SqliteStore {
                 .fetch_optional(&self.write)
                 .await?,
         )
+    }
+
+    // Retention and reports (issue 18)
+
+    /// The one writer connection serialises claims: no two run at once.
+    async fn claim_deletions(
+        &self,
+        c: &mut SqliteConnection,
+        finished: &[Status],
+        before: DateTime<Utc>,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<Vec<RequestId>> {
+        let finished: Vec<&str> = finished.iter().map(|s| s.as_str()).collect();
+        sqlx::query(
+            "UPDATE requests SET deleting_at = COALESCE(deleting_at, ?1), janitor_until = ?2 \
+             WHERE id IN (SELECT id FROM requests \
+                 WHERE (deleting_at IS NOT NULL AND janitor_until < ?1) \
+                    OR (deleting_at IS NULL AND updated_at < ?3 \
+                        AND status IN (SELECT value FROM json_each(?4))) \
+                 ORDER BY updated_at LIMIT ?5) \
+             RETURNING id",
+        )
+        .bind(ms(now))
+        .bind(ms(until))
+        .bind(ms(before))
+        .bind(serde_json::to_string(&finished).unwrap_or_default())
+        .bind(limit)
+        .fetch_all(c)
+        .await?
+        .iter()
+        .map(|r| rows::request_id(r, "id"))
+        .collect()
+    }
+
+    async fn insert_tombstones(
+        &self,
+        c: &mut SqliteConnection,
+        ids: &[RequestId],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let ids: Vec<String> = ids.iter().map(|r| id(*r)).collect();
+        sqlx::query(
+            "INSERT INTO tombstones (request_id, owner, deleted_at) \
+             SELECT id, owner, ?1 FROM requests WHERE id IN (SELECT value FROM json_each(?2)) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(ms(now))
+        .bind(serde_json::to_string(&ids).unwrap_or_default())
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_request(&self, c: &mut SqliteConnection, rid: RequestId) -> StoreResult<u64> {
+        let r = sqlx::query("DELETE FROM requests WHERE id = ? AND deleting_at IS NOT NULL")
+            .bind(id(rid))
+            .execute(c)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn tombstone(&self, rid: RequestId, owner: &Owner) -> StoreResult<Option<DateTime<Utc>>> {
+        let row =
+            sqlx::query("SELECT deleted_at FROM tombstones WHERE request_id = ? AND owner = ?")
+                .bind(id(rid))
+                .bind(owner.as_str())
+                .fetch_optional(&self.read)
+                .await?;
+        row.map(|r| r.time("deleted_at")).transpose()
+    }
+
+    async fn drop_tombstones(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let r = sqlx::query("DELETE FROM tombstones WHERE deleted_at < ?")
+            .bind(ms(before))
+            .execute(&self.write)
+            .await?;
+        Ok(r.rows_affected())
     }
 }
 

@@ -95,6 +95,10 @@ pub struct ImageRow {
     pub output_format: Option<String>,
     pub color_profile: Option<String>,
     pub note: Option<String>,
+    /// The output's storage key (its extension names the output's type), once completed.
+    pub output_key: Option<String>,
+    /// The input's format as sniffed from its bytes (`jpeg`, `png`, …), once completed.
+    pub input_format: Option<String>,
 }
 
 /// The state of a request's webhook delivery.

@@ -2,6 +2,7 @@
 //! records what became of them. All state is in the database, so any process can die at any
 //! moment and another (or the same, restarted) finishes the work.
 
+pub mod janitor;
 mod job;
 mod webhooks;
 

@@ -311,3 +311,63 @@ db_test!(ctrl_c_while_waiting_says_how_to_follow_the_request, |db| {
     let (code, status) = app.status(&id).await;
     assert_eq!((code, status["status"].as_str()), (200, Some("pending")));
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_saves_the_bundle_or_unpacks_it() {
+    let db = crate::common::TestDb::sqlite().await;
+    let origin = Origin::start().await;
+    let a = origin.put("a.png", "image/png", origin::png(30, 20));
+    let b = origin.put("b.png", "image/png", origin::png(20, 30));
+    let app = TestApp::start(db.config()).await;
+    let id = app
+        .upload_ok(csv(&[("1", "Mug", &a), ("2", "a/../b", &b)]))
+        .await;
+    app.wait_settled(&id, Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("all.zip");
+    let out = run(&[
+        "download",
+        &id,
+        "--server",
+        &app.base,
+        "-o",
+        zip.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, _, served) = crate::bundle::get(&app, &format!("/api/requests/{id}/outputs.zip")).await;
+    let saved = std::fs::read(&zip).unwrap();
+    let entries = crate::bundle::unzip(&saved);
+    assert_eq!(entries, crate::bundle::unzip(&served));
+    assert!(!dir.path().join("all.zip.part").exists());
+
+    let folder = dir.path().join("unpacked");
+    let out = run(&[
+        "download",
+        &id,
+        "--server",
+        &app.base,
+        "-o",
+        folder.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let mut files: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, entries.keys().cloned().collect::<Vec<_>>());
+    for (name, data) in &entries {
+        assert_eq!(&std::fs::read(folder.join(name)).unwrap(), data, "{name}");
+    }
+    let out = run(&[
+        "download",
+        &uuid::Uuid::now_v7().to_string(),
+        "--server",
+        &app.base,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("404"), "{}", text(&out));
+}

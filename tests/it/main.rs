@@ -3,11 +3,13 @@
 
 mod common;
 
+mod bundle;
 mod client;
 mod crash;
 mod logs;
 mod outputs;
 mod pipeline;
+mod retention;
 mod scale;
 mod security;
 mod status;

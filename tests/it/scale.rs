@@ -9,7 +9,7 @@ use crate::common::process::{client_for, spawn_binary, wait_ready};
 use crate::common::{csv, TestDb};
 
 /// The S3 endpoint CI starts (moto_server); None skips, like TEST_POSTGRES_URL.
-fn s3_endpoint() -> Option<String> {
+pub(crate) fn s3_endpoint() -> Option<String> {
     match std::env::var("TEST_S3_ENDPOINT") {
         Ok(e) => Some(e),
         Err(_) => {
@@ -19,7 +19,7 @@ fn s3_endpoint() -> Option<String> {
     }
 }
 
-fn s3_env(endpoint: &str, storage: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn s3_env(endpoint: &str, storage: &str) -> Vec<(&'static str, String)> {
     vec![
         ("IMGBATCH_STORAGE", storage.to_string()),
         ("AWS_ENDPOINT_URL", endpoint.to_string()),
@@ -29,18 +29,14 @@ fn s3_env(endpoint: &str, storage: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outputs_go_to_s3_and_every_url_downloads() {
-    let Some(endpoint) = s3_endpoint() else {
-        return;
-    };
-    let db = TestDb::sqlite().await;
+/// The endpoint and a new bucket on it, or None (skip) without TEST_S3_ENDPOINT.
+pub(crate) async fn s3_bucket() -> Option<(String, String)> {
+    let endpoint = s3_endpoint()?;
     let bucket = format!(
         "imgbatch-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
-    let http = reqwest::Client::new();
-    let made = http
+    let made = reqwest::Client::new()
         .put(format!("{endpoint}/{bucket}"))
         .send()
         .await
@@ -50,6 +46,47 @@ async fn outputs_go_to_s3_and_every_url_downloads() {
         "create bucket: {}",
         made.status()
     );
+    Some((endpoint, bucket))
+}
+
+/// A client of the bucket, with the test credentials.
+pub(crate) fn s3_client(endpoint: &str, bucket: &str) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_bucket_name(bucket)
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_region("us-east-1")
+        .with_allow_http(true)
+        .build()
+        .unwrap()
+}
+
+/// Every output of a status body, read from the bucket by its URL.
+pub(crate) async fn s3_outputs(
+    endpoint: &str,
+    bucket: &str,
+    status: &serde_json::Value,
+) -> HashMap<String, Vec<u8>> {
+    use object_store::ObjectStore;
+    let s3 = s3_client(endpoint, bucket);
+    let prefix = format!("{endpoint}/{bucket}/");
+    let mut out = HashMap::new();
+    for url in status["outputImageUrls"].as_array().unwrap() {
+        let Some(url) = url.as_str() else { continue };
+        let key = object_store::path::Path::from(&url[prefix.len()..]);
+        let bytes = s3.get(&key).await.unwrap().bytes().await.unwrap();
+        out.insert(url.to_string(), bytes.to_vec());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_go_to_s3_and_every_url_downloads() {
+    let Some((endpoint, bucket)) = s3_bucket().await else {
+        return;
+    };
+    let db = TestDb::sqlite().await;
 
     let origin = Origin::start().await;
     let urls = [
@@ -67,15 +104,7 @@ async fn outputs_go_to_s3_and_every_url_downloads() {
     // Objects are read back with credentials: whether anonymous readers may fetch the public
     // URL is the bucket policy's business (moto's server does not evaluate one).
     use object_store::ObjectStore;
-    let s3 = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(&endpoint)
-        .with_bucket_name(&bucket)
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .with_region("us-east-1")
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let s3 = s3_client(&endpoint, &bucket);
     let prefix = format!("{endpoint}/{bucket}/");
     for url in status["outputImageUrls"].as_array().unwrap() {
         let url = url.as_str().unwrap();

@@ -686,3 +686,111 @@ db_test!(settings_are_stored_once, |db| {
         }
     );
 });
+
+db_test!(
+    deletions_are_claimed_once_and_taken_up_again_after_their_lease,
+    |db| {
+        let core = open(&db).await;
+        let owner = Owner::of_key("k");
+        let mut finished = HashSet::new();
+        for i in 0..12 {
+            let url = format!("http://o/{i}.png");
+            finished.insert(
+                create(
+                    &core,
+                    request(&owner, &[&[url.as_str()]], Some("http://h/")),
+                )
+                .await,
+            );
+        }
+        for job in claim_all(&core, "w").await {
+            assert!(records(&core, &job, "w", &completed(&job)).await);
+        }
+        // Unfinished (its image claimed, never settled): never taken.
+        let running = create(&core, request(&owner, &[&["http://o/x.png"]], None)).await;
+        assert_eq!(claim_all(&core, "w").await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let core = core.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let ids = core
+                        .claim_deletions(Duration::ZERO, LEASE, 2)
+                        .await
+                        .unwrap();
+                    if ids.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(ids);
+                }
+            }));
+        }
+        let mut taken = HashSet::new();
+        for t in tasks {
+            for id in t.await.unwrap() {
+                assert!(taken.insert(id), "request {id} handed to two janitors");
+            }
+        }
+        assert_eq!(taken, finished, "every finished request, and only those");
+        let any = *taken.iter().next().unwrap();
+        // Marked: no longer served, its owner sees a tombstone, another owner nothing.
+        assert!(core.request_detail(any, &owner).await.unwrap().is_none());
+        assert!(core.request_head(any, &owner).await.unwrap().is_none());
+        assert!(core.deleted_at(any, &owner).await.unwrap().is_some());
+        assert!(core
+            .deleted_at(any, &Owner::open())
+            .await
+            .unwrap()
+            .is_none());
+        assert!(core.request_head(running, &owner).await.unwrap().is_some());
+        // Leased: nobody takes them again meanwhile.
+        assert!(core
+            .claim_deletions(Duration::ZERO, LEASE, 100)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // A janitor that dies leaves its lease to run out; then its requests are taken up again.
+        let dead = create(&core, request(&owner, &[&["http://o/d.png"]], None)).await;
+        for job in claim_all(&core, "w").await {
+            assert!(records(&core, &job, "w", &completed(&job)).await);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let short = Duration::from_millis(1);
+        let got = core
+            .claim_deletions(Duration::ZERO, short, 100)
+            .await
+            .unwrap();
+        assert_eq!(got, [dead]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            core.claim_deletions(Duration::ZERO, LEASE, 100)
+                .await
+                .unwrap(),
+            [dead]
+        );
+
+        for id in taken.iter().chain([&dead]) {
+            assert!(core.delete_request_rows(*id).await.unwrap());
+            assert!(
+                !core.delete_request_rows(*id).await.unwrap(),
+                "twice is harmless"
+            );
+        }
+        assert_eq!(core.count_requests().await.unwrap(), 1);
+        assert_eq!(db.scalar("SELECT COUNT(*) FROM images").await, 1);
+        assert_eq!(
+            db.scalar("SELECT COUNT(*) FROM webhook_deliveries").await,
+            0
+        );
+        // Tombstones outlive the rows, until dropped.
+        assert!(core.deleted_at(any, &owner).await.unwrap().is_some());
+        assert_eq!(core.drop_tombstones(LEASE).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(core.drop_tombstones(Duration::ZERO).await.unwrap(), 13);
+        assert!(core.deleted_at(any, &owner).await.unwrap().is_none());
+    }
+);

@@ -135,6 +135,21 @@ impl TestDb {
         }
     }
 
+    /// Runs a query that returns one text column, on whichever database this is.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        if self.is_postgres() {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            let v = sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap();
+            pool.close().await;
+            v
+        } else {
+            let pool = sqlx::SqlitePool::connect(&self.url).await.unwrap();
+            let v = sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap();
+            pool.close().await;
+            v
+        }
+    }
+
     /// Runs a statement that returns nothing, on whichever database this is. Used to put
     /// stored rows in states a test needs without running the workers.
     pub async fn execute(&self, sql: &str) {
