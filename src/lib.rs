@@ -108,6 +108,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             fetcher,
             sender,
             config.clone(),
+            public_url.clone(),
             shutdown.child_token(),
         ))
     } else {
@@ -120,6 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         config,
         public_url,
         status_cache: Arc::new(api::status_cache::StatusCache::new(64 * 1024 * 1024)),
+        shutdown: shutdown.clone(),
     };
     let app = api::router(state);
     let http_shutdown = shutdown.clone();

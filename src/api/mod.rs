@@ -3,11 +3,13 @@
 mod access_log;
 mod auth;
 mod client_addr;
+mod events;
 mod health;
 mod home;
 pub mod openapi;
 mod output_csv;
 mod rate_limit;
+mod requests;
 mod status;
 pub mod status_cache;
 pub mod status_stream;
@@ -39,6 +41,9 @@ pub struct AppState {
     /// Base of output image URLs, without a trailing slash.
     pub public_url: Arc<str>,
     pub status_cache: Arc<status_cache::StatusCache>,
+    /// Cancelled when the service stops: ends live event streams, so shutdown need not wait
+    /// for them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The API page is Swagger UI's; its browser tab says whose API it is.
@@ -96,6 +101,10 @@ pub fn router(state: AppState) -> Router {
             "/requests/{request_id}/output.csv",
             get(output_csv::output_csv),
         )
+        .route("/requests", get(requests::list))
+        .route("/requests/{request_id}/cancel", post(requests::cancel))
+        .route("/requests/{request_id}/retry", post(requests::retry))
+        .route("/requests/{request_id}/events", get(events::events))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(access_log::record_route))

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, output_csv, status, upload, webhook_retry};
+use super::{events, health, output_csv, requests, status, upload, webhook_retry};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,10 @@ use super::{health, output_csv, status, upload, webhook_retry};
         upload::upload,
         status::status,
         output_csv::output_csv,
+        requests::list,
+        requests::cancel,
+        requests::retry,
+        events::events,
         webhook_retry::retry,
         health::healthz,
         health::readyz,
@@ -62,6 +66,10 @@ mod tests {
             "/api/status/{requestId}",
             "/api/requests/{requestId}/output.csv",
             "/api/requests/{requestId}/webhook/retry",
+            "/api/requests",
+            "/api/requests/{requestId}/cancel",
+            "/api/requests/{requestId}/retry",
+            "/api/requests/{requestId}/events",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -75,6 +83,10 @@ mod tests {
             "CsvError",
             "UploadResponse",
             "WebhookBody",
+            "RequestList",
+            "RequestSummary",
+            "Savings",
+            "RetryAnswer",
         ] {
             assert!(schemas[s].is_object(), "{s} missing");
         }
@@ -108,5 +120,8 @@ mod tests {
             .map(|c| c.as_str())
             .collect();
         assert_eq!(codes, all, "the document lists every error code");
+        let statuses = schemas["Status"]["enum"].as_array().unwrap();
+        assert_eq!(statuses.len(), crate::domain::Status::ALL.len());
+        assert!(statuses.iter().any(|s| s == "cancelled"));
     }
 }

@@ -7,6 +7,7 @@ mod client;
 mod crash;
 mod logs;
 mod pipeline;
+mod requests;
 mod scale;
 mod security;
 mod status;

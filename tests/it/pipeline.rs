@@ -3,10 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::common::origin::{self, Origin};
-use crate::common::{csv, TestApp};
+use crate::common::{csv, images, TestApp};
 use crate::db_test;
 
 async fn fetch_jpeg(app: &TestApp, url: &str) -> image::DynamicImage {
@@ -20,15 +18,6 @@ async fn fetch_jpeg(app: &TestApp, url: &str) -> image::DynamicImage {
         image::ImageFormat::Jpeg
     );
     image::load_from_memory(&bytes).unwrap()
-}
-
-fn images(status: &Value) -> Vec<&Value> {
-    status["products"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["images"].as_array().unwrap())
-        .collect()
 }
 
 db_test!(every_format_becomes_a_smaller_jpeg_of_the_same_size, |db| {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::origin::{self, Origin};
-use crate::common::{csv, TestApp, TestDb};
+use crate::common::{csv, images, TestApp, TestDb};
 use crate::db_test;
 
 const U: &str = "Input Image Urls";
@@ -54,16 +54,6 @@ fn strict(db: &TestDb) -> imgbatch::Config {
     c.allow_private_networks = false;
     c.allowed_networks = vec![];
     c
-}
-
-/// Every image of a status body, in CSV order.
-fn images(status: &Value) -> Vec<&Value> {
-    status["products"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["images"].as_array().unwrap())
-        .collect()
 }
 
 fn error_of(img: &Value) -> &str {

@@ -288,6 +288,16 @@ impl Drop for TestApp {
     }
 }
 
+/// Every image of a status body, in CSV order.
+pub fn images(status: &Value) -> Vec<&Value> {
+    status["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["images"].as_array().unwrap())
+        .collect()
+}
+
 /// A CSV with the standard header and the given rows.
 pub fn csv<A: AsRef<str>, B: AsRef<str>, C: AsRef<str>>(rows: &[(A, B, C)]) -> String {
     let mut s = String::from("S. No.,Product Name,Input Image Urls\n");
