@@ -23,6 +23,17 @@ use crate::domain::{Owner, RequestId};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::report::RequestSummary;
 
+/// One event of the stream, as the OpenAPI document describes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes the stream for the OpenAPI document only
+pub struct LiveEvent {
+    /// `progress` while the request runs, `status` once, at the end.
+    #[schema(pattern = "^(progress|status)$")]
+    event: String,
+    /// The request's summary (`RequestSummary`), as JSON.
+    data: String,
+}
+
 /// The shortest time between two `progress` events.
 const COALESCE: Duration = Duration::from_millis(250);
 /// How often the row is read when no change was seen in this process.
@@ -39,7 +50,7 @@ const POLL: Duration = Duration::from_secs(1);
     tag = "requests",
     params(("requestId" = String, Path, description = "The ID returned by the upload")),
     responses(
-        (status = 200, description = "Server-Sent Events: `progress` and a final `status`, each with a RequestSummary as data", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "Server-Sent Events: `progress` and a final `status`, each with a RequestSummary as data", body = LiveEvent, content_type = "text/event-stream"),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Request ID not found", body = ErrorBody),
         (status = 429, description = "Rate limit", body = ErrorBody),

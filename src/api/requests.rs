@@ -44,7 +44,7 @@ pub struct RetryAnswer {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBody {
     /// Retry only the failed images with one of these error codes (default: every failed image).
-    #[schema(value_type = Option<Vec<ErrorCode>>)]
+    #[schema(value_type = Option<Vec<ErrorCode>>, min_items = 1)]
     pub error_codes: Option<Vec<String>>,
 }
 
@@ -58,7 +58,7 @@ pub struct RetryBody {
     params(
         ("status" = Option<Status>, Query, description = "Only requests with this status"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Requests a page (1 to 100, default 20)"),
-        ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page"),
+        ("cursor" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]*$", description = "The `nextCursor` of the previous page (opaque; any other value is a 400)"),
     ),
     responses(
         (status = 200, description = "A page of requests", body = RequestList),
@@ -127,7 +127,9 @@ impl ListQuery {
                     ))
                 })?,
         };
+        // An empty cursor is none: the first page.
         let after = cursor
+            .filter(|c| !c.trim().is_empty())
             .map(|c| {
                 decode_cursor(&c).ok_or_else(|| {
                     ApiError::BadRequest(
@@ -209,7 +211,8 @@ pub async fn cancel(
 }
 
 /// Puts the request's failed images back in the queue (only those with the given error codes,
-/// if any: a JSON body `{"errorCodes": ["timeout"]}` or the query `?errorCodes=timeout,connection`),
+/// if any: a JSON body `{"errorCodes": ["timeout"]}` and/or the query
+/// `?errorCodes=timeout,connection`),
 /// with their attempts reset and errors cleared; on a cancelled request, its images that never
 /// started too. The request goes back to `processing`, and when it settles again it has a new
 /// final status and sends a new webhook.
@@ -219,7 +222,7 @@ pub async fn cancel(
     tag = "requests",
     params(
         ("requestId" = String, Path, description = "The ID returned by the upload"),
-        ("errorCodes" = Option<String>, Query, description = "Comma-separated error codes: retry only the failed images with one of them"),
+        ("errorCodes" = Option<Vec<ErrorCode>>, Query, style = Form, explode = false, description = "Comma-separated error codes: retry only the failed images with one of them"),
     ),
     request_body(content = Option<RetryBody>, content_type = "application/json", description = "Optional: which error codes to retry"),
     responses(
@@ -267,49 +270,44 @@ pub async fn retry(
     }
 }
 
-/// The error codes asked for, from the query or the body (not both); `None` for all.
+/// The error codes asked for, from the query and the body together; `None` for all (also
+/// when the query's `errorCodes` is empty).
 fn retry_codes(query: &str, body: &[u8]) -> ApiResult<Option<Vec<ErrorCode>>> {
-    let mut from_query = None;
+    let mut from_query: Option<Vec<String>> = None;
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         if key == "errorCodes" {
-            if from_query.is_some() {
-                return Err(ApiError::BadRequest(
-                    "errorCodes is given more than once".into(),
-                ));
-            }
-            from_query = Some(
-                value
-                    .split(',')
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect::<Vec<_>>(),
-            );
+            let codes = value
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty());
+            from_query.get_or_insert_with(Vec::new).extend(codes);
         }
     }
+    let from_query = from_query.filter(|c| !c.is_empty());
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let parsed: RetryBody = serde_json::from_slice(body).map_err(|e| {
+        // `null` is no body, as the document's optional body allows.
+        let parsed: Option<RetryBody> = serde_json::from_slice(body).map_err(|e| {
             ApiError::BadRequest(format!(
                 "the body must be JSON like {{\"errorCodes\": [\"timeout\"]}} (or empty): {e}"
             ))
         })?;
-        parsed.error_codes
+        parsed.and_then(|p| p.error_codes)
     };
     let names = match (from_query, from_body) {
-        (Some(_), Some(_)) => {
+        (None, None) => return Ok(None),
+        (_, Some(b)) if b.is_empty() => {
             return Err(ApiError::BadRequest(
-                "give errorCodes in the query or in the body, not both".into(),
+                "errorCodes names no error code: leave it out to retry every failed image".into(),
             ))
         }
-        (None, None) => return Ok(None),
+        (Some(mut q), Some(b)) => {
+            q.extend(b);
+            q
+        }
         (Some(n), None) | (None, Some(n)) => n,
     };
-    if names.is_empty() {
-        return Err(ApiError::BadRequest(
-            "errorCodes names no error code: leave it out to retry every failed image".into(),
-        ));
-    }
     let mut codes = Vec::with_capacity(names.len());
     for name in &names {
         let code = ErrorCode::parse(name.trim()).ok_or_else(|| {
@@ -398,11 +396,14 @@ mod tests {
         assert!(err("errorCodes=nope", b"")
             .1
             .starts_with("unknown error code \"nope\""));
-        assert_eq!(err("errorCodes=", b"").0, 400);
+        assert_eq!(retry_codes("errorCodes=", b"").unwrap(), None);
+        assert_eq!(retry_codes("", br#"{"errorCodes":null}"#).unwrap(), None);
+        assert_eq!(retry_codes("", b"null").unwrap(), None);
         assert_eq!(
-            err("errorCodes=timeout", br#"{"errorCodes":["timeout"]}"#).0,
-            400
+            retry_codes("errorCodes=timeout", br#"{"errorCodes":["not_found"]}"#).unwrap(),
+            Some(vec![ErrorCode::Timeout, ErrorCode::NotFound])
         );
+        assert_eq!(err("", br#"{"errorCodes":[]}"#).0, 400);
         assert_eq!(err("", b"[1]").0, 400);
         assert_eq!(err("", br#"{"codes":[]}"#).0, 400);
     }
