@@ -119,6 +119,24 @@ impl PgStore {
     }
 }
 
+/// The request, if it exists and belongs to `owner`; `lock` is `""` or `" FOR UPDATE"`.
+async fn request_row(
+    c: &mut PgConnection,
+    id: RequestId,
+    owner: &Owner,
+    lock: &str,
+) -> StoreResult<Option<RequestRow>> {
+    sqlx::query(&format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1 AND owner = $2{lock}"
+    ))
+    .bind(id.as_uuid())
+    .bind(owner.as_str())
+    .fetch_optional(c)
+    .await?
+    .map(|r| rows::request(&r))
+    .transpose()
+}
+
 /// A keyset bound for the `integer` columns `ordinal` and `position`, bound as `int4` so the
 /// comparison is a plain range on their unique indexes.
 fn key(after: i64) -> i32 {
@@ -321,15 +339,7 @@ impl Backend for PgStore {
         id: RequestId,
         owner: &Owner,
     ) -> StoreResult<Option<RequestRow>> {
-        sqlx::query(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1 AND owner = $2"
-        ))
-        .bind(id.as_uuid())
-        .bind(owner.as_str())
-        .fetch_optional(c)
-        .await?
-        .map(|r| rows::request(&r))
-        .transpose()
+        request_row(c, id, owner, "").await
     }
 
     async fn request_head(&self, id: RequestId, owner: &Owner) -> StoreResult<Option<RequestHead>> {
@@ -486,15 +496,7 @@ impl Backend for PgStore {
         id: RequestId,
         owner: &Owner,
     ) -> StoreResult<Option<RequestRow>> {
-        sqlx::query(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1 AND owner = $2 FOR UPDATE"
-        ))
-        .bind(id.as_uuid())
-        .bind(owner.as_str())
-        .fetch_optional(c)
-        .await?
-        .map(|r| rows::request(&r))
-        .transpose()
+        request_row(c, id, owner, " FOR UPDATE").await
     }
 
     async fn cancel_pending_duplicates(
