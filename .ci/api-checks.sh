@@ -202,7 +202,7 @@ values = ["S. No.,Product Name,Input Image Urls\\n1,SKU1,https://example.com/a.j
 # Uploads then sometimes carry a valid CSV, so their 200 answer is checked against the schema too.
 "body.file" = { dictionary = "csv_files", probability = 0.5 }
 
-# No check is excluded. One is narrowed, for one operation:
+# No check is excluded. One is narrowed, for two operations:
 # positive_data_acceptance expects every schema-valid request to be accepted. For an upload, the
 # schema can say "file is binary" but not "file is a valid products CSV", so a schema-valid upload
 # whose bytes are not such a CSV is rightly refused with 400 (Invalid CSV format, documented in
@@ -211,6 +211,20 @@ values = ["S. No.,Product Name,Input Image Urls\\n1,SKU1,https://example.com/a.j
 [[operations]]
 include-path = "/api/upload"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 422]
+
+# The request list's cursor is opaque: the schema can say "a base64url string" but not "a
+# nextCursor this service gave", so a generated cursor is rightly refused with 400 (documented).
+[[operations]]
+include-path = "/api/requests"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400]
+
+# Live events of a request that exists stream until it settles, and here nothing settles (no
+# workers): each such case would hold its connection for the whole request timeout. The first
+# event comes at once, and is checked against the schema; the stream's end is checked by newman
+# and tests/it/requests.rs.
+[[operations]]
+include-path = "/api/requests/{requestId}/events"
+max-stream-events = 1
 EOF
 
 seed_args=()

@@ -1,9 +1,11 @@
-//! `imgbatch submit`, `imgbatch status` and `imgbatch download`: a small client for the HTTP API, for people who
-//! would rather not write curl loops.
+//! `imgbatch submit`, `status`, `list`, `cancel`, `retry` and `download`: a small client for the
+//! HTTP API, for people who would rather not write curl loops. `submit --wait` follows the
+//! request's live events (SSE) when the service offers them, and polls its status otherwise.
 //!
 //! Exit codes of `submit --wait` (see [`Outcome`]): 0 when every image completed, 2 when the
-//! request ended `completed_with_errors`, 3 when it `failed`, 130 when interrupted (Ctrl-C)
-//! while waiting; 1 for any other error (the service unreachable, the CSV refused, ...).
+//! request ended `completed_with_errors`, 3 when it `failed`, 4 when it was `cancelled`, 130
+//! when interrupted (Ctrl-C) while waiting; 1 for any other error (the service unreachable,
+//! the CSV refused, ...).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +14,9 @@ use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::config::{DownloadArgs, ServerArgs, StatusArgs, SubmitArgs};
+use crate::config::{
+    DownloadArgs, ListArgs, RequestArgs, RetryArgs, ServerArgs, StatusArgs, SubmitArgs,
+};
 
 /// How a client command ended, when it did not fail outright.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +27,8 @@ pub enum Outcome {
     CompletedWithErrors,
     /// The request settled as `failed`: no image completed.
     Failed,
+    /// The request was cancelled.
+    Cancelled,
     /// Ctrl-C while waiting; the request goes on on the server.
     Interrupted,
 }
@@ -34,6 +40,7 @@ impl Outcome {
             Outcome::Success => 0,
             Outcome::CompletedWithErrors => 2,
             Outcome::Failed => 3,
+            Outcome::Cancelled => 4,
             Outcome::Interrupted => 130,
         }
     }
@@ -224,6 +231,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<Outcome> {
     Ok(match status["status"].as_str() {
         Some("completed") => Outcome::Success,
         Some("completed_with_errors") => Outcome::CompletedWithErrors,
+        Some("cancelled") => Outcome::Cancelled,
         _ => Outcome::Failed,
     })
 }
@@ -255,7 +263,8 @@ impl Interrupt {
     }
 }
 
-/// Polls until the request settles, drawing a progress bar on stderr.
+/// Follows the request until it settles, drawing a progress bar on stderr: by its live events
+/// when the service offers them, else (or if the stream breaks off) by polling its status.
 async fn follow(api: &Api, id: &str) -> anyhow::Result<Value> {
     let bar = ProgressBar::new(0);
     // Cleared when the wait ends early (Ctrl-C drops this future), so the message that follows
@@ -267,30 +276,104 @@ async fn follow(api: &Api, id: &str) -> anyhow::Result<Value> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    if follow_events(api, id, &bar).await.unwrap_or(false) {
+        let s = api.status(id).await?;
+        show_progress(&bar, &s);
+        bar.finish();
+        return Ok(s);
+    }
     loop {
         let s = api.status(id).await?;
-        let p = &s["progress"];
-        let (total, done, failed) = (
-            p["totalImages"].as_u64().unwrap_or(0),
-            p["completedImages"].as_u64().unwrap_or(0),
-            p["failedImages"].as_u64().unwrap_or(0),
-        );
-        bar.set_length(total);
-        bar.set_position(done + failed);
-        bar.set_message(if failed > 0 {
-            format!("({failed} failed)")
-        } else {
-            String::new()
-        });
-        if matches!(
-            s["status"].as_str(),
-            Some("completed" | "completed_with_errors" | "failed")
-        ) {
+        show_progress(&bar, &s);
+        if is_final(&s) {
             bar.finish();
             return Ok(s);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+fn is_final(s: &Value) -> bool {
+    matches!(
+        s["status"].as_str(),
+        Some("completed" | "completed_with_errors" | "failed" | "cancelled")
+    )
+}
+
+/// The progress of a status body or a summary, on the bar.
+fn show_progress(bar: &ProgressBar, s: &Value) {
+    let p = &s["progress"];
+    let (total, done, failed) = (
+        p["totalImages"].as_u64().unwrap_or(0),
+        p["completedImages"].as_u64().unwrap_or(0),
+        p["failedImages"].as_u64().unwrap_or(0),
+    );
+    bar.set_length(total);
+    bar.set_position(done + failed);
+    bar.set_message(if failed > 0 {
+        format!("({failed} failed)")
+    } else {
+        String::new()
+    });
+}
+
+/// Reads `GET /api/requests/{id}/events` until its final `status` event: true then. False
+/// when the service has no such stream (an older server) or it ended early.
+async fn follow_events(api: &Api, id: &str, bar: &ProgressBar) -> anyhow::Result<bool> {
+    use futures::StreamExt;
+    // No overall timeout (a request may take hours); the service sends a comment every 15 s.
+    let http = reqwest::Client::builder()
+        .read_timeout(Duration::from_secs(60))
+        .build()?;
+    let mut req = http.get(format!("{}/api/requests/{id}/events", api.base));
+    if let Some(k) = &api.key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await?;
+    let is_sse = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !resp.status().is_success() || !is_sse {
+        return Ok(false);
+    }
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(chunk) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let Some((event, data)) = parse_event(&block) else {
+                continue;
+            };
+            if let Ok(summary) = serde_json::from_str::<Value>(&data) {
+                show_progress(bar, &summary);
+            }
+            if event == "status" {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// An SSE block's event name (`message` by default) and data; `None` for a comment alone.
+fn parse_event(block: &str) -> Option<(String, String)> {
+    let mut event = "message".to_string();
+    let mut data: Option<String> = None;
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            data = Some(match data {
+                Some(d) => format!("{d}\n{v}"),
+                None => v.to_string(),
+            });
+        }
+    }
+    data.map(|d| (event, d))
 }
 
 struct ClearOnDrop(ProgressBar);
@@ -305,13 +388,20 @@ impl Drop for ClearOnDrop {
 
 fn print_summary(s: &Value) {
     let p = &s["progress"];
+    let cancelled = p["cancelledImages"].as_u64().unwrap_or(0);
     println!(
-        "{}: {} of {} images done, {} failed",
+        "{}: {} of {} images done, {} failed{}",
         s["status"].as_str().unwrap_or("?"),
         p["completedImages"],
         p["totalImages"],
-        p["failedImages"]
+        p["failedImages"],
+        if cancelled > 0 {
+            format!(", {cancelled} cancelled")
+        } else {
+            String::new()
+        }
     );
+    println!("{}", savings_line(&s["savings"]));
     for product in s["products"].as_array().into_iter().flatten() {
         for img in product["images"].as_array().into_iter().flatten() {
             if img["status"] == "failed" {
@@ -392,6 +482,62 @@ pub async fn download(args: DownloadArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// `saved 315059 of 412380 bytes (76.4%): 97321 bytes out`
+fn savings_line(v: &Value) -> String {
+    format!(
+        "saved {} of {} bytes ({}%): {} bytes out",
+        v["savedBytes"].as_i64().unwrap_or(0),
+        v["bytesIn"].as_i64().unwrap_or(0),
+        v["savedPercent"].as_f64().unwrap_or(0.0),
+        v["bytesOut"].as_i64().unwrap_or(0)
+    )
+}
+
+/// One line of `imgbatch list` and the answer of cancel and retry.
+fn summary_line(r: &Value) -> String {
+    let p = &r["progress"];
+    format!(
+        "{}  {:<21}  {}/{} done, {} failed  {}%  {}",
+        r["requestId"].as_str().unwrap_or("?"),
+        r["status"].as_str().unwrap_or("?"),
+        p["completedImages"],
+        p["totalImages"],
+        p["failedImages"],
+        r["savings"]["savedPercent"].as_f64().unwrap_or(0.0),
+        r["createdAt"].as_str().unwrap_or("")
+    )
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<Outcome> {
+    let api = Api::new(&args.server)?;
+    let mut query = vec![("limit", args.limit.to_string())];
+    if let Some(s) = &args.status {
+        query.push(("status", s.clone()));
+    }
+    if let Some(c) = &args.cursor {
+        query.push(("cursor", c.clone()));
+    }
+    let page: Value = api
+        .send(
+            api.request(reqwest::Method::GET, "/api/requests")
+                .query(&query),
+        )
+        .await?
+        .json()
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(Outcome::Success);
+    }
+    for r in page["requests"].as_array().into_iter().flatten() {
+        println!("{}", summary_line(r));
+    }
+    if let Some(c) = page["nextCursor"].as_str() {
+        eprintln!("more: imgbatch list --cursor {c}");
+    }
+    Ok(Outcome::Success)
+}
+
 /// Unpacks a bundle into `dir`; the number of files. Entry names are single file names (the
 /// service makes them so); anything else is refused rather than written outside `dir`.
 fn unpack(archive: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<usize> {
@@ -407,4 +553,50 @@ fn unpack(archive: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<us
         std::io::copy(&mut entry, &mut out)?;
     }
     Ok(zip.len())
+}
+
+pub async fn cancel(args: RequestArgs) -> anyhow::Result<Outcome> {
+    let api = Api::new(&args.server)?;
+    let path = format!("/api/requests/{}/cancel", args.request_id);
+    let r: Value = api
+        .send(api.request(reqwest::Method::POST, &path))
+        .await?
+        .json()
+        .await?;
+    println!("{}", summary_line(&r));
+    Ok(Outcome::Success)
+}
+
+pub async fn retry(args: RetryArgs) -> anyhow::Result<Outcome> {
+    let api = Api::new(&args.server)?;
+    let path = format!("/api/requests/{}/retry", args.request_id);
+    let mut req = api.request(reqwest::Method::POST, &path);
+    if !args.error_codes.is_empty() {
+        req = req.json(&serde_json::json!({ "errorCodes": args.error_codes }));
+    }
+    let r: Value = api.send(req).await?.json().await?;
+    println!(
+        "{} images queued again\n{}",
+        r["requeuedImages"],
+        summary_line(&r)
+    );
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_blocks_parse_with_their_event_names() {
+        assert_eq!(
+            parse_event("event: progress\ndata: {\"a\":1}\n\n"),
+            Some(("progress".into(), "{\"a\":1}".into()))
+        );
+        assert_eq!(
+            parse_event("data: x\ndata: y\n"),
+            Some(("message".into(), "x\ny".into()))
+        );
+        assert_eq!(parse_event(":\n\n"), None);
+    }
 }

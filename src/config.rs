@@ -49,6 +49,12 @@ pub enum Command {
     /// Download every output of a request and its report: as outputs.zip, or unpacked into a
     /// folder.
     Download(DownloadArgs),
+    /// List your requests on a running service, newest first.
+    List(ListArgs),
+    /// Cancel a pending or processing request: its images not started yet never start.
+    Cancel(RequestArgs),
+    /// Put a request's failed images back in the queue (and a cancelled request's unstarted ones).
+    Retry(RetryArgs),
 }
 
 /// `imgbatch submit --help`: the exit codes (client::Outcome).
@@ -58,6 +64,7 @@ Exit codes:
   1    an error (the CSV refused, the service unreachable, a refused API key, ...)
   2    with --wait: the request ended completed_with_errors (some images failed)
   3    with --wait: the request ended failed (no image completed)
+  4    with --wait: the request was cancelled
   130  with --wait: interrupted (Ctrl-C); the request goes on, follow it with
        `imgbatch status <request-id>`";
 
@@ -113,6 +120,45 @@ pub struct StatusArgs {
     /// Print the full JSON status body instead of a summary.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Only requests with this status (pending, processing, completed, completed_with_errors,
+    /// failed, cancelled).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Requests to show (1 to 100).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Start after this page (the cursor printed below a full page).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Print the JSON page instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RequestArgs {
+    /// The request ID returned by the upload.
+    pub request_id: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    /// The request ID returned by the upload.
+    pub request_id: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Retry only the failed images with these error codes (comma-separated, e.g.
+    /// timeout,http_error); default: every failed image.
+    #[arg(long, value_delimiter = ',')]
+    pub error_codes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -233,6 +279,16 @@ pub struct Config {
     /// How often the janitor looks for requests to delete (with `IMGBATCH_RETENTION`).
     #[arg(long, env = "IMGBATCH_JANITOR_INTERVAL", default_value = "1m", value_parser = parse_duration)]
     pub janitor_interval: Duration,
+    /// Webhooks of requests with at most this many images carry the full status body; above
+    /// it, a summary (status, progress, savings) with links to the status, output.csv,
+    /// report.csv and outputs.zip, so the body stays small (receivers often refuse bodies over
+    /// 1 MB; a 20,000-image status body is about 7 MB).
+    #[arg(
+        long,
+        env = "IMGBATCH_WEBHOOK_FULL_BODY_MAX_IMAGES",
+        default_value_t = 1000
+    )]
+    pub webhook_full_body_max_images: u64,
 
     /// Log format: human-readable text or one JSON object a line.
     #[arg(long, env = "IMGBATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -399,6 +455,7 @@ mod tests {
         assert_eq!(c.retention, None);
         assert_eq!(c.janitor_interval, Duration::from_secs(60));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.webhook_full_body_max_images, 1000);
     }
 
     #[test]

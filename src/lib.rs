@@ -125,6 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             fetcher,
             sender,
             config.clone(),
+            public_url.clone(),
             shutdown.child_token(),
         ))
     } else {
@@ -138,6 +139,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         public_url,
         status_cache: Arc::new(api::status_cache::StatusCache::new(64 * 1024 * 1024)),
         storage: bundle_storage,
+        shutdown: shutdown.clone(),
     };
     let app = api::router(state);
     let http_shutdown = shutdown.clone();

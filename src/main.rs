@@ -40,6 +40,15 @@ async fn run() -> std::process::ExitCode {
         Some(Command::Status(args)) => {
             return imgbatch::client::exit_code(imgbatch::client::status(args).await)
         }
+        Some(Command::List(args)) => {
+            return imgbatch::client::exit_code(imgbatch::client::list(args).await)
+        }
+        Some(Command::Cancel(args)) => {
+            return imgbatch::client::exit_code(imgbatch::client::cancel(args).await)
+        }
+        Some(Command::Retry(args)) => {
+            return imgbatch::client::exit_code(imgbatch::client::retry(args).await)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -20,6 +20,8 @@ pub struct Metrics {
     retries: AtomicU64,
     download_bytes: AtomicU64,
     output_bytes: AtomicU64,
+    recorded_bytes_in: AtomicU64,
+    recorded_bytes_out: AtomicU64,
     job_buckets: [AtomicU64; BUCKETS.len()],
     job_count: AtomicU64,
     job_sum_micros: AtomicU64,
@@ -45,6 +47,8 @@ impl Metrics {
             retries: AtomicU64::new(0),
             download_bytes: AtomicU64::new(0),
             output_bytes: AtomicU64::new(0),
+            recorded_bytes_in: AtomicU64::new(0),
+            recorded_bytes_out: AtomicU64::new(0),
             job_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
             job_count: AtomicU64::new(0),
             job_sum_micros: AtomicU64::new(0),
@@ -74,6 +78,13 @@ impl Metrics {
         self.images_completed.fetch_add(1, Relaxed);
         self.download_bytes.fetch_add(bytes_in, Relaxed);
         self.output_bytes.fetch_add(bytes_out, Relaxed);
+    }
+
+    /// A completed image as its request counts it (the settlement was recorded): the bytes
+    /// behind the requests' savings.
+    pub fn image_recorded(&self, bytes_in: u64, bytes_out: u64) {
+        self.recorded_bytes_in.fetch_add(bytes_in, Relaxed);
+        self.recorded_bytes_out.fetch_add(bytes_out, Relaxed);
     }
 
     /// Counted by the failure's kind, a closed set.
@@ -156,6 +167,18 @@ impl Metrics {
             "imgbatch_output_bytes_total",
             "Bytes of output JPEGs stored.",
             self.output_bytes.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "imgbatch_image_bytes_in_total",
+            "Bytes of the inputs of completed images, as recorded in their requests' savings.",
+            self.recorded_bytes_in.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "imgbatch_image_bytes_out_total",
+            "Bytes of the outputs of completed images, as recorded in their requests' savings.",
+            self.recorded_bytes_out.load(Relaxed),
         );
         let _ = writeln!(out, "# HELP imgbatch_job_duration_seconds Time of one image job attempt, download to record.\n# TYPE imgbatch_job_duration_seconds histogram");
         for (i, le) in BUCKETS.iter().enumerate() {

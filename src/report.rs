@@ -20,6 +20,7 @@ pub struct StatusBody {
     pub request_id: RequestId,
     pub status: Status,
     pub progress: Progress,
+    pub savings: Savings,
     /// Every output URL in CSV order; `null` where an image has no output (yet, or ever).
     pub output_image_urls: Vec<Option<String>>,
     pub products: Vec<ProductBody>,
@@ -68,14 +69,128 @@ impl WebhookBody {
     }
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     pub total_products: i64,
     pub total_images: i64,
     pub completed_images: i64,
     pub failed_images: i64,
+    /// Images a cancel stopped before they started.
+    pub cancelled_images: i64,
+    /// The rest: waiting, running, or waiting for a retry.
     pub pending_images: i64,
+}
+
+impl Progress {
+    pub fn of(r: &RequestRow) -> Self {
+        Progress {
+            total_products: r.total_products,
+            total_images: r.total_images,
+            completed_images: r.completed_images,
+            failed_images: r.failed_images,
+            cancelled_images: r.cancelled_images,
+            pending_images: r.total_images
+                - r.completed_images
+                - r.failed_images
+                - r.cancelled_images,
+        }
+    }
+}
+
+/// What compressing a request's completed images saved: sums over those images (a repeated
+/// URL counted at each occurrence, as its image shows it).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Savings {
+    /// Bytes downloaded.
+    pub bytes_in: i64,
+    /// Bytes of the outputs.
+    pub bytes_out: i64,
+    /// `bytesIn - bytesOut`.
+    pub saved_bytes: i64,
+    /// `savedBytes` as a percentage of `bytesIn`, to one decimal; 0 before any image completes.
+    pub saved_percent: f64,
+}
+
+impl Savings {
+    pub fn of(r: &RequestRow) -> Self {
+        let saved = r.bytes_in - r.bytes_out;
+        let saved_percent = if r.bytes_in > 0 {
+            (saved as f64 * 1000.0 / r.bytes_in as f64).round() / 10.0
+        } else {
+            0.0
+        };
+        Savings {
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            saved_bytes: saved,
+            saved_percent,
+        }
+    }
+}
+
+/// A request at a glance, without its products: in the request list, the answers to cancel
+/// and retry, live events, and large requests' webhooks.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestSummary {
+    pub request_id: RequestId,
+    pub status: Status,
+    pub progress: Progress,
+    pub savings: Savings,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RequestSummary {
+    pub fn of(r: &RequestRow) -> Self {
+        RequestSummary {
+            request_id: r.id,
+            status: r.status,
+            progress: Progress::of(r),
+            savings: Savings::of(r),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Where a request's documents are, as absolute URLs.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Links {
+    /// `GET /api/status/{requestId}`: the full status body.
+    pub status: String,
+    /// `GET /api/requests/{requestId}/output.csv`.
+    pub output_csv: String,
+    /// `GET /api/requests/{requestId}/report.csv`: one row per image.
+    pub report_csv: String,
+    /// `GET /api/requests/{requestId}/outputs.zip`: every output and the report.
+    pub outputs_zip: String,
+}
+
+impl Links {
+    /// `base`: the service's public URL, without a trailing slash.
+    pub fn new(base: &str, id: RequestId) -> Self {
+        let doc = |name: &str| format!("{base}/api/requests/{id}/{name}");
+        Links {
+            status: format!("{base}/api/status/{id}"),
+            output_csv: doc("output.csv"),
+            report_csv: doc("report.csv"),
+            outputs_zip: doc("outputs.zip"),
+        }
+    }
+}
+
+/// The `data` of the webhook of a request with more images than
+/// `IMGBATCH_WEBHOOK_FULL_BODY_MAX_IMAGES`: its summary and where to read the rest.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSummary {
+    #[serde(flatten)]
+    pub summary: RequestSummary,
+    pub links: Links,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -144,15 +259,8 @@ impl StatusBody {
         StatusBody {
             request_id: request.id,
             status: request.status,
-            progress: Progress {
-                total_products: request.total_products,
-                total_images: request.total_images,
-                completed_images: request.completed_images,
-                failed_images: request.failed_images,
-                pending_images: request.total_images
-                    - request.completed_images
-                    - request.failed_images,
-            },
+            progress: Progress::of(&request),
+            savings: Savings::of(&request),
             output_image_urls: Vec::new(),
             products: Vec::new(),
             webhook: WebhookBody::build(request.webhook_url.as_deref(), webhook),
@@ -499,6 +607,9 @@ mod tests {
                 total_images: 3,
                 completed_images: 1,
                 failed_images: 0,
+                cancelled_images: 0,
+                bytes_in: 0,
+                bytes_out: 0,
                 created_at: now,
                 updated_at: now,
             },
@@ -673,6 +784,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn savings_and_progress_come_from_the_request_row() {
+        let mut r = detail().request;
+        assert_eq!(Savings::of(&r).saved_percent, 0.0);
+        (r.bytes_in, r.bytes_out, r.cancelled_images) = (3000, 1001, 1);
+        let s = Savings::of(&r);
+        assert_eq!((s.saved_bytes, s.saved_percent), (1999, 66.6));
+        let p = Progress::of(&r);
+        assert_eq!((p.cancelled_images, p.pending_images), (1, 1));
+        let json = serde_json::to_value(RequestSummary::of(&r)).unwrap();
+        assert_eq!(json["savings"]["savedBytes"], 1999);
+        assert_eq!(json["progress"]["cancelledImages"], 1);
+        let links = Links::new("https://x.test", r.id);
+        assert_eq!(
+            links.outputs_zip,
+            format!("https://x.test/api/requests/{}/outputs.zip", r.id)
+        );
     }
 
     #[test]

@@ -22,6 +22,10 @@ the background, reports progress and calls a webhook when the request is done.</
 <code>webhookUrl</code>; answers <code>{"requestId": "…"}</code></li>
 <li><code>GET /api/status/{requestId}</code>: progress, products and output URLs</li>
 <li><code>GET /api/requests/{requestId}/output.csv</code>: the CSV with its output URLs</li>
+<li><code>GET /api/requests</code>: your requests, newest first, with their progress and savings</li>
+<li><code>POST /api/requests/{requestId}/cancel</code>, <code>POST /api/requests/{requestId}/retry</code>:
+stop a request; run its failed images again</li>
+<li><code>GET /api/requests/{requestId}/events</code>: live progress (Server-Sent Events)</li>
 <li><a href="/healthz">/healthz</a>, <a href="/readyz">/readyz</a>, <a href="/metrics">/metrics</a></li>
 </ul>
 <p>From a shell: <code>curl -F file=@products.csv http://this-host/api/upload</code>, or

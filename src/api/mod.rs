@@ -3,6 +3,7 @@
 mod access_log;
 mod auth;
 mod client_addr;
+mod events;
 mod health;
 mod home;
 mod lookup;
@@ -11,6 +12,7 @@ mod output_csv;
 mod outputs_zip;
 mod rate_limit;
 mod report_csv;
+mod requests;
 mod status;
 pub mod status_cache;
 pub mod status_stream;
@@ -44,6 +46,9 @@ pub struct AppState {
     pub status_cache: Arc<status_cache::StatusCache>,
     /// Where outputs are read back from (outputs.zip).
     pub storage: crate::storage::Storage,
+    /// Cancelled when the service stops: ends live event streams, so shutdown need not wait
+    /// for them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The API page is Swagger UI's; its browser tab says whose API it is.
@@ -109,6 +114,10 @@ pub fn router(state: AppState) -> Router {
             "/requests/{request_id}/outputs.zip",
             get(outputs_zip::outputs_zip),
         )
+        .route("/requests", get(requests::list))
+        .route("/requests/{request_id}/cancel", post(requests::cancel))
+        .route("/requests/{request_id}/retry", post(requests::retry))
+        .route("/requests/{request_id}/events", get(events::events))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(access_log::record_route))

@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, output_csv, outputs_zip, report_csv, status, upload, webhook_retry};
+use super::{
+    events, health, output_csv, outputs_zip, report_csv, requests, status, upload, webhook_retry,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +21,10 @@ use super::{health, output_csv, outputs_zip, report_csv, status, upload, webhook
         output_csv::output_csv,
         report_csv::report_csv,
         outputs_zip::outputs_zip,
+        requests::list,
+        requests::cancel,
+        requests::retry,
+        events::events,
         webhook_retry::retry,
         health::healthz,
         health::readyz,
@@ -66,6 +72,10 @@ mod tests {
             "/api/requests/{requestId}/report.csv",
             "/api/requests/{requestId}/outputs.zip",
             "/api/requests/{requestId}/webhook/retry",
+            "/api/requests",
+            "/api/requests/{requestId}/cancel",
+            "/api/requests/{requestId}/retry",
+            "/api/requests/{requestId}/events",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -79,6 +89,10 @@ mod tests {
             "CsvError",
             "UploadResponse",
             "WebhookBody",
+            "RequestList",
+            "RequestSummary",
+            "Savings",
+            "RetryAnswer",
         ] {
             assert!(schemas[s].is_object(), "{s} missing");
         }
@@ -112,5 +126,8 @@ mod tests {
             .map(|c| c.as_str())
             .collect();
         assert_eq!(codes, all, "the document lists every error code");
+        let statuses = schemas["Status"]["enum"].as_array().unwrap();
+        assert_eq!(statuses.len(), crate::domain::Status::ALL.len());
+        assert!(statuses.iter().any(|s| s == "cancelled"));
     }
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use super::{commit, lease_until, JobOutcome, Settled};
 use crate::domain::Status;
 use crate::failure::Failure;
-use crate::store::backend::Backend;
+use crate::store::backend::{Backend, Tx};
 use crate::store::{Delta, ImageJob, ImageResult, StoreResult};
 
 pub(super) async fn claim<B: Backend>(
@@ -27,6 +27,9 @@ pub(super) async fn claim<B: Backend>(
     // In CSV order, whatever order the claim statement returned them in.
     jobs.sort_by_key(|j| (j.ordinal, j.id));
     if !jobs.is_empty() {
+        jobs = drop_cancelled(b, &mut tx, jobs, worker, now).await?;
+    }
+    if !jobs.is_empty() {
         let mut products: Vec<i64> = jobs.iter().map(|j| j.product_id).collect();
         products.sort_unstable();
         products.dedup();
@@ -38,6 +41,39 @@ pub(super) async fn claim<B: Backend>(
     }
     commit::<B>(tx).await?;
     Ok(jobs)
+}
+
+/// The claimed jobs whose request is not cancelled. The others (waiting for a retry when the
+/// cancel came, or reclaimed from a process that died while running them) are never run:
+/// they are marked `cancelled`, with their pending duplicates, and counted on their request.
+async fn drop_cancelled<B: Backend>(
+    b: &B,
+    tx: &mut Tx<B>,
+    jobs: Vec<ImageJob>,
+    worker: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<ImageJob>> {
+    let mut requests: Vec<_> = jobs.iter().map(|j| j.request_id).collect();
+    requests.sort_unstable_by_key(|r| r.as_uuid());
+    requests.dedup();
+    let cancelled = b.cancelled_among(&mut **tx, &requests).await?;
+    if cancelled.is_empty() {
+        return Ok(jobs);
+    }
+    let (stopped, kept): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .partition(|j| cancelled.contains(&j.request_id));
+    for request in cancelled {
+        let ids: Vec<i64> = stopped
+            .iter()
+            .filter(|j| j.request_id == request)
+            .map(|j| j.id)
+            .collect();
+        let n = b.cancel_claimed(&mut **tx, &ids, worker, now).await?
+            + b.cancel_duplicates_of(&mut **tx, &ids, now).await?;
+        b.cancel_request(&mut **tx, request, n as i64, now).await?;
+    }
+    Ok(kept)
 }
 
 /// What a transient failure on attempt `attempts` (of at most `max`) leads to: another attempt
@@ -73,6 +109,8 @@ fn result_of(outcome: &JobOutcome) -> Option<(ImageResult<'_>, Delta)> {
             Delta {
                 completed: 1,
                 failed: 0,
+                bytes_in: output.bytes_in,
+                bytes_out: output.bytes_out,
             },
         )),
         JobOutcome::Failed(failure) => Some((
@@ -84,6 +122,7 @@ fn result_of(outcome: &JobOutcome) -> Option<(ImageResult<'_>, Delta)> {
             Delta {
                 completed: 0,
                 failed: 1,
+                ..Delta::default()
             },
         )),
         JobOutcome::Retry { .. } => None,
@@ -126,11 +165,15 @@ pub(super) async fn settle<B: Backend>(
         let d = per_product.entry(pid).or_default();
         d.completed += delta.completed;
         d.failed += delta.failed;
+        d.bytes_in += delta.bytes_in;
+        d.bytes_out += delta.bytes_out;
     }
     let mut total = Delta::default();
     for (&pid, &d) in &per_product {
         total.completed += d.completed;
         total.failed += d.failed;
+        total.bytes_in += d.bytes_in;
+        total.bytes_out += d.bytes_out;
         let status = b.add_to_product(&mut *tx, pid, d, now).await?.status();
         if status.is_final() {
             let outputs = b.product_outputs(&mut *tx, pid).await?;
@@ -138,10 +181,16 @@ pub(super) async fn settle<B: Backend>(
             b.finish_product(&mut *tx, pid, status, &outputs).await?;
         }
     }
-    let (counts, webhook_url) = b
+    let tally = b
         .add_to_request(&mut *tx, job.request_id, total, now)
         .await?;
-    let status = counts.status();
+    // A cancelled request has its final status already: an image that was running when the
+    // cancel came is recorded and counted, and changes nothing else.
+    let status = match tally.status {
+        Status::Cancelled => return commit::<B>(tx).await.map(|()| (recorded(None), false)),
+        _ => tally.counts.status(),
+    };
+    let webhook_url = tally.webhook_url;
     let mut delivery_queued = false;
     if status.is_final() {
         b.finish_request(&mut *tx, job.request_id, status).await?;
@@ -154,11 +203,17 @@ pub(super) async fn settle<B: Backend>(
         }
     }
     commit::<B>(tx).await?;
-    let settled = Settled {
+    Ok((
+        recorded(status.is_final().then_some(status)),
+        delivery_queued,
+    ))
+}
+
+fn recorded(request_finished: Option<Status>) -> Settled {
+    Settled {
         recorded: true,
-        request_finished: status.is_final().then_some(status),
-    };
-    Ok((settled, delivery_queued))
+        request_finished,
+    }
 }
 
 #[cfg(test)]

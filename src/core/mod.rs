@@ -10,6 +10,7 @@
 mod backoff;
 mod deliveries;
 mod images;
+mod lifecycle;
 mod requests;
 mod retention;
 
@@ -23,9 +24,9 @@ use crate::failure::Failure;
 use crate::store::backend::Backend;
 use crate::store::Db;
 pub use crate::store::{
-    AttemptRecord, DeliveryJob, DeliveryState, ImageJob, ImageOutput, ImageRow, NewRequest,
-    ProductRow, RequestDetail, RequestHead, RequestRow, RequestVersion, StoreError, StoreResult,
-    Wakeup, Wakeups, WebhookRow,
+    AttemptRecord, DeliveryJob, DeliveryState, ImageJob, ImageOutput, ImageRow, ListAfter,
+    NewRequest, ProductRow, RequestDetail, RequestHead, RequestRow, RequestVersion, StoreError,
+    StoreResult, Wakeup, Wakeups, WebhookRow,
 };
 pub use backoff::backoff;
 pub use deliveries::next_after_failure;
@@ -101,11 +102,32 @@ pub enum WebhookRetry {
     NotFailed(DeliveryState),
 }
 
+/// The answer to a cancel.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// The request is `cancelled` (now, or it was already): the row after.
+    Cancelled(RequestRow),
+    /// It had finished with this status: nothing to cancel.
+    Finished(Status),
+}
+
+/// The answer to a retry of a request's images.
+#[derive(Debug, Clone)]
+pub enum RetryOutcome {
+    /// `images` went back in the queue: the row after.
+    Requeued { request: RequestRow, images: i64 },
+    /// No image to retry (none failed, or none of the kinds asked for); the request's status.
+    NothingToRetry(Status),
+}
+
 /// The service's durable state and its rules: one handle, cheap to clone.
 #[derive(Clone)]
 pub struct Core {
     db: Db,
     wakeups: Wakeups,
+    /// The requests that changed in this process (a claim, a settlement, a cancel, a retry),
+    /// for live event streams; other processes' changes are found by polling.
+    changes: tokio::sync::broadcast::Sender<RequestId>,
 }
 
 /// Runs `$e` with `$b` bound to the backend.
@@ -156,6 +178,7 @@ impl Core {
         Ok(Self {
             db: Db::connect(url, create).await?,
             wakeups: Wakeups::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -176,6 +199,17 @@ impl Core {
     /// in another process on the same database) and webhook deliveries due.
     pub fn wakeups(&self) -> &Wakeups {
         &self.wakeups
+    }
+
+    /// The IDs of requests as they change in this process. A receiver that falls behind is
+    /// told so (`Lagged`): then anything may have changed.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<RequestId> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self, id: RequestId) {
+        // No receiver is no error: nobody is watching.
+        let _ = self.changes.send(id);
     }
 
     /// Relays other processes' wake-ups to [`Core::wakeups`] until `shutdown`.
@@ -226,6 +260,70 @@ impl Core {
         on_backend!(&self.db, b => b.count_requests().await)
     }
 
+    // --- Requests: list, cancel, retry (issue 18) ---
+
+    /// The request's row (counts, savings, status), if it exists and belongs to `owner`.
+    pub async fn request_row(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<RequestRow>> {
+        let owner = owner.clone();
+        detached!(self, b => requests::row(b, id, &owner).await)
+    }
+
+    /// Up to `limit` of `owner`'s requests (only those in `status`, if given), newest first,
+    /// after `after` (from the newest without).
+    pub async fn list_requests(
+        &self,
+        owner: &Owner,
+        status: Option<Status>,
+        after: Option<ListAfter>,
+        limit: usize,
+    ) -> StoreResult<Vec<RequestRow>> {
+        on_backend!(&self.db, b => b.list_requests(owner, status, after, limit as i64).await)
+    }
+
+    /// Cancels a pending or processing request (see `lifecycle::cancel`). `None` if it does
+    /// not exist or is not `owner`'s.
+    pub async fn cancel_request(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<CancelOutcome>> {
+        let owner = owner.clone();
+        let Some((outcome, queued)) =
+            detached!(self, b => lifecycle::cancel(b, id, &owner, Utc::now()).await)?
+        else {
+            return Ok(None);
+        };
+        if queued {
+            self.wakeups.webhooks.notify();
+        }
+        self.changed(id);
+        Ok(Some(outcome))
+    }
+
+    /// Puts a request's failed images (of these kinds, if given) back in the queue, and a
+    /// cancelled request's never-started ones (see `lifecycle::retry`). `None` if it does not
+    /// exist or is not `owner`'s.
+    pub async fn retry_request(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+        codes: Option<Vec<crate::failure::ErrorCode>>,
+    ) -> StoreResult<Option<RetryOutcome>> {
+        let owner = owner.clone();
+        let outcome = detached!(self, b => {
+            lifecycle::retry(b, id, &owner, codes.as_deref(), Utc::now()).await
+        })?;
+        if matches!(outcome, Some(RetryOutcome::Requeued { .. })) {
+            self.wakeups.jobs.notify();
+            self.changed(id);
+        }
+        Ok(outcome)
+    }
+
     // --- The image queue ---
 
     /// Leases up to `limit` runnable image jobs to `worker` for `lease`, and marks their
@@ -237,7 +335,11 @@ impl Core {
         lease: Duration,
     ) -> StoreResult<Vec<ImageJob>> {
         let worker = worker.to_string();
-        detached!(self, b => images::claim(b, &worker, limit, lease, Utc::now()).await)
+        let jobs = detached!(self, b => images::claim(b, &worker, limit, lease, Utc::now()).await)?;
+        let mut started: Vec<RequestId> = jobs.iter().map(|j| j.request_id).collect();
+        started.dedup();
+        started.into_iter().for_each(|id| self.changed(id));
+        Ok(jobs)
     }
 
     /// Extends the lease of every job `worker` holds.
@@ -270,11 +372,15 @@ impl Core {
         worker: &str,
         outcome: &JobOutcome,
     ) -> StoreResult<Settled> {
+        let request_id = job.request_id;
         let (job, worker, outcome) = (job.clone(), worker.to_string(), outcome.clone());
         let (settled, delivery_queued) =
             detached!(self, b => images::settle(b, &job, &worker, &outcome, Utc::now()).await)?;
         if delivery_queued {
             self.wakeups.webhooks.notify();
+        }
+        if settled.recorded {
+            self.changed(request_id);
         }
         Ok(settled)
     }

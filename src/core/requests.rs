@@ -62,6 +62,18 @@ pub(super) async fn detail<B: Backend>(
     }))
 }
 
+/// The request's row, if it exists and belongs to `owner`.
+pub(super) async fn row<B: Backend>(
+    b: &B,
+    id: RequestId,
+    owner: &Owner,
+) -> StoreResult<Option<RequestRow>> {
+    let mut tx = b.begin_snapshot().await?;
+    let row = b.request(&mut *tx, id, owner).await?;
+    tx.rollback().await?;
+    Ok(row)
+}
+
 /// A read-only transaction whose reads all see one snapshot of the database (Postgres:
 /// `REPEATABLE READ READ ONLY`; SQLite in WAL mode: a deferred read transaction, whose snapshot
 /// is taken by its first `SELECT`), for reading a large request a page at a time while its

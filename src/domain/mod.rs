@@ -31,6 +31,9 @@ impl RequestId {
 }
 
 impl RequestId {
+    /// The largest ID (all ones), above every real one: where a descending list starts.
+    pub const MAX: RequestId = RequestId(Uuid::max());
+
     /// The UUID, for the store's columns.
     pub fn as_uuid(&self) -> Uuid {
         self.0
@@ -160,8 +163,9 @@ impl Owner {
     }
 }
 
-/// Lifecycle of a request, a product and an image. Images use only `Pending`, `Processing`,
-/// `Completed` and `Failed`; products and requests roll up to the other two.
+/// Lifecycle of a request, a product and an image. Images use `Pending`, `Processing`,
+/// `Completed`, `Failed` and `Cancelled` (never started: its request was cancelled); products
+/// and requests roll up to `CompletedWithErrors` too, and are `Cancelled` when their request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -170,16 +174,19 @@ pub enum Status {
     Completed,
     CompletedWithErrors,
     Failed,
+    /// Stopped by a cancel: its pending images were never started.
+    Cancelled,
 }
 
 impl Status {
-    /// Every status (kept complete by `every_status_is_listed` below).
-    pub const ALL: [Status; 5] = [
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 6] = [
         Status::Pending,
         Status::Processing,
         Status::Completed,
         Status::CompletedWithErrors,
         Status::Failed,
+        Status::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -189,6 +196,7 @@ impl Status {
             Status::Completed => "completed",
             Status::CompletedWithErrors => "completed_with_errors",
             Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -199,6 +207,7 @@ impl Status {
             "completed" => Status::Completed,
             "completed_with_errors" => Status::CompletedWithErrors,
             "failed" => Status::Failed,
+            "cancelled" => Status::Cancelled,
             _ => return None,
         })
     }
@@ -206,7 +215,7 @@ impl Status {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Status::Completed | Status::CompletedWithErrors | Status::Failed
+            Status::Completed | Status::CompletedWithErrors | Status::Failed | Status::Cancelled
         )
     }
 
@@ -246,7 +255,8 @@ mod tests {
             | Status::Processing
             | Status::Completed
             | Status::CompletedWithErrors
-            | Status::Failed => Status::ALL.contains(&s),
+            | Status::Failed
+            | Status::Cancelled => Status::ALL.contains(&s),
         };
         assert!(Status::ALL.into_iter().all(listed));
         for s in Status::ALL {

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use super::types::*;
 use super::StoreResult;
 use crate::domain::{Owner, RequestId, Status};
-use crate::failure::Failure;
+use crate::failure::{ErrorCode, Failure};
 
 /// A connection of backend `B`, as a transaction derefs to.
 pub(crate) type Conn<B> = <<B as Backend>::Db as sqlx::Database>::Connection;
@@ -140,6 +140,131 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     /// Earliest `next_attempt_at` of a pending original.
     fn next_runnable_at(&self) -> impl Future<Output = StoreResult<Option<DateTime<Utc>>>> + Send;
 
+    // Requests: list, cancel, retry (issue 18)
+
+    /// Up to `limit` of `owner`'s requests (only those in `status`, if given), newest first
+    /// (by `created_at`, then ID, both descending), after `after`.
+    fn list_requests(
+        &self,
+        owner: &Owner,
+        status: Option<Status>,
+        after: Option<ListAfter>,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<RequestRow>>> + Send;
+
+    /// The request, if it exists and belongs to `owner`, locked for the rest of the
+    /// transaction (a row lock, or the one writer), so no settlement changes it meanwhile.
+    fn lock_request(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+        owner: &Owner,
+    ) -> impl Future<Output = StoreResult<Option<RequestRow>>> + Send;
+
+    /// Marks `cancelled` the request's pending duplicates whose original is pending too (a
+    /// duplicate of a running original waits for its result); how many.
+    fn cancel_pending_duplicates(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Marks `cancelled` the request's pending originals (waiting, or waiting for a retry);
+    /// how many.
+    fn cancel_pending_originals(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Marks `cancelled` the request's products that have not finished.
+    fn cancel_products(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Sets the request `cancelled` and adds `images` to its cancelled images.
+    fn cancel_request(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+        images: i64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Those of these requests that are `cancelled`.
+    fn cancelled_among(
+        &self,
+        c: &mut Conn<Self>,
+        ids: &[RequestId],
+    ) -> impl Future<Output = StoreResult<Vec<RequestId>>> + Send;
+
+    /// Marks `cancelled` these jobs that `worker` holds, never run, their attempt uncounted;
+    /// how many.
+    fn cancel_claimed(
+        &self,
+        c: &mut Conn<Self>,
+        jobs: &[i64],
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Marks `cancelled` the pending duplicates of these originals; how many.
+    fn cancel_duplicates_of(
+        &self,
+        c: &mut Conn<Self>,
+        originals: &[i64],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Puts the request's failed images (only those of these kinds, if given) back in the
+    /// queue, due now, attempts reset and error cleared; their product ids, one per image.
+    fn requeue_failed(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+        codes: Option<&[ErrorCode]>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<Vec<i64>>> + Send;
+
+    /// Puts the request's cancelled images back in the queue, due now, attempts reset; their
+    /// product ids, one per image.
+    fn requeue_cancelled(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<Vec<i64>>> + Send;
+
+    /// Marks these products `processing`, whatever their status.
+    fn reopen_products(
+        &self,
+        c: &mut Conn<Self>,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Marks the request `processing` and takes `uncancelled` off its cancelled images.
+    fn reopen_request(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+        uncancelled: i64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Deletes the request's webhook delivery and its attempts, so that its next final status
+    /// queues a new one.
+    fn delete_delivery(
+        &self,
+        c: &mut Conn<Self>,
+        id: RequestId,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
     // --- The image queue ---
 
     /// Leases up to `limit` runnable originals to `worker` until `until`, counting an attempt
@@ -240,16 +365,16 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         outputs_json: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// Adds to a request's counts; the counts after and its webhook target. Serialises the
-    /// settlements of one request (a row lock, or the one writer), so exactly one of them sees
-    /// the final counts.
+    /// Adds to a request's counts and savings; the counts after, its status and its webhook
+    /// target. Serialises the settlements of one request (a row lock, or the one writer), so
+    /// exactly one of them sees the final counts.
     fn add_to_request(
         &self,
         c: &mut Conn<Self>,
         id: RequestId,
         delta: Delta,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = StoreResult<(Counts, Option<String>)>> + Send;
+    ) -> impl Future<Output = StoreResult<Tally>> + Send;
 
     fn finish_request(
         &self,

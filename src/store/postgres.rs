@@ -12,11 +12,11 @@ use uuid::Uuid;
 
 use super::backend::{Backend, Tx};
 use super::pg_copy::BinaryCopy;
-use super::rows::{self, Columns};
+use super::rows::{self, Columns, REQUEST_COLUMNS};
 use super::types::*;
 use super::{StoreError, StoreResult, Wakeup, Wakeups};
 use crate::domain::{Owner, RequestId, Status};
-use crate::failure::Failure;
+use crate::failure::{ErrorCode, Failure};
 
 /// The channel every process LISTENs on; a NOTIFY on it means new work may be there.
 const NOTIFY_CHANNEL: &str = "imgbatch_jobs";
@@ -119,11 +119,35 @@ impl PgStore {
     }
 }
 
+/// The request, if it exists and belongs to `owner`; `lock` is `""` or `" FOR UPDATE"`.
+async fn request_row(
+    c: &mut PgConnection,
+    id: RequestId,
+    owner: &Owner,
+    lock: &str,
+) -> StoreResult<Option<RequestRow>> {
+    sqlx::query(&format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests \
+         WHERE id = $1 AND owner = $2 AND deleting_at IS NULL{lock}"
+    ))
+    .bind(id.as_uuid())
+    .bind(owner.as_str())
+    .fetch_optional(c)
+    .await?
+    .map(|r| rows::request(&r))
+    .transpose()
+}
+
 /// A keyset bound for the `integer` columns `ordinal` and `position`, bound as `int4` so the
 /// comparison is a plain range on their unique indexes.
 fn key(after: i64) -> i32 {
     after.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
+
+/// The SET list of an image put back in the queue by a retry ($2: now).
+const REQUEUED_COLUMNS: &str =
+    "status = 'pending', attempts = 0, error = NULL, error_code = NULL, \
+     next_attempt_at = $2, locked_by = NULL, locked_until = NULL, updated_at = $2";
 
 /// The SET list shared by an image's final result and its duplicates' ($1 to $15).
 const RESULT_COLUMNS: &str = "status = $1, output_key = $2, output_url = $3, input_format = $4, \
@@ -319,17 +343,7 @@ impl Backend for PgStore {
         id: RequestId,
         owner: &Owner,
     ) -> StoreResult<Option<RequestRow>> {
-        sqlx::query(
-            "SELECT id, status, webhook_url, total_products, total_images, completed_images, \
-             failed_images, created_at, updated_at FROM requests \
-             WHERE id = $1 AND owner = $2 AND deleting_at IS NULL",
-        )
-        .bind(id.as_uuid())
-        .bind(owner.as_str())
-        .fetch_optional(c)
-        .await?
-        .map(|r| rows::request(&r))
-        .transpose()
+        request_row(c, id, owner, "").await
     }
 
     async fn request_head(&self, id: RequestId, owner: &Owner) -> StoreResult<Option<RequestHead>> {
@@ -452,6 +466,252 @@ impl Backend for PgStore {
         )
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    // Requests: list, cancel, retry (issue 18)
+
+    async fn list_requests(
+        &self,
+        owner: &Owner,
+        status: Option<Status>,
+        after: Option<ListAfter>,
+        limit: i64,
+    ) -> StoreResult<Vec<RequestRow>> {
+        // A row-value comparison, so the page is one range of `requests_owner_created`.
+        let after = after.unwrap_or(ListAfter::START);
+        sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE owner = $1 AND deleting_at IS NULL \
+             AND (created_at, id) < ($2, $3) AND ($4::text IS NULL OR status = $4) \
+             ORDER BY created_at DESC, id DESC LIMIT $5"
+        ))
+        .bind(owner.as_str())
+        .bind(after.created_at)
+        .bind(after.id.as_uuid())
+        .bind(status.map(Status::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::request)
+        .collect()
+    }
+
+    async fn lock_request(
+        &self,
+        c: &mut PgConnection,
+        id: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<RequestRow>> {
+        request_row(c, id, owner, " FOR UPDATE").await
+    }
+
+    async fn cancel_pending_duplicates(
+        &self,
+        c: &mut PgConnection,
+        id: RequestId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'cancelled', updated_at = $2 \
+             WHERE request_id = $1 AND status = 'pending' AND duplicate_of IN \
+             (SELECT id FROM images WHERE request_id = $1 AND status = 'pending' \
+              AND duplicate_of IS NULL)",
+        )
+        .bind(id.as_uuid())
+        .bind(now)
+        .execute(c)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn cancel_pending_originals(
+        &self,
+        c: &mut PgConnection,
+        id: RequestId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'cancelled', updated_at = $2 \
+             WHERE request_id = $1 AND status = 'pending' AND duplicate_of IS NULL",
+        )
+        .bind(id.as_uuid())
+        .bind(now)
+        .execute(c)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn cancel_products(
+        &self,
+        c: &mut PgConnection,
+        id: RequestId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE products SET status = 'cancelled', updated_at = $2 \
+             WHERE request_id = $1 AND status IN ('pending', 'processing')",
+        )
+        .bind(id.as_uuid())
+        .bind(now)
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    async fn cancel_request(
+        &self,
+        c: &mut PgConnection,
+        id: RequestId,
+        images: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE requests SET status = 'cancelled', cancelled_images = cancelled_images + $1, \
+             updated_at = $2 WHERE id = $3",
+        )
+        .bind(images as i32)
+        .bind(now)
+        .bind(id.as_uuid())
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    async fn cancelled_among(
+        &self,
+        c: &mut PgConnection,
+        ids: &[RequestId],
+    ) -> StoreResult<Vec<RequestId>> {
+        let ids: Vec<Uuid> = ids.iter().map(RequestId::as_uuid).collect();
+        sqlx::query("SELECT id FROM requests WHERE status = 'cancelled' AND id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|r| rows::request_id(r, "id"))
+            .collect()
+    }
+
+    async fn cancel_claimed(
+        &self,
+        c: &mut PgConnection,
+        jobs: &[i64],
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'cancelled', attempts = GREATEST(attempts - 1, 0), \
+             locked_by = NULL, locked_until = NULL, updated_at = $3 \
+             WHERE id = ANY($1) AND status = 'processing' AND locked_by = $2",
+        )
+        .bind(jobs)
+        .bind(worker)
+        .bind(now)
+        .execute(c)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn cancel_duplicates_of(
+        &self,
+        c: &mut PgConnection,
+        originals: &[i64],
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'cancelled', updated_at = $2 \
+             WHERE duplicate_of = ANY($1) AND status = 'pending'",
+        )
+        .bind(originals)
+        .bind(now)
+        .execute(c)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn requeue_failed(
+        &self,
+        c: &mut PgConnection,
+        id: RequestId,
+        codes: Option<&[ErrorCode]>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>> {
+        let codes: Option<Vec<&str>> = codes.map(|cs| cs.iter().map(|c| c.as_str()).collect());
+        sqlx::query(&format!(
+            "UPDATE images SET {REQUEUED_COLUMNS} WHERE request_id = $1 AND status = 'failed' \
+             AND ($3::text[] IS NULL OR error_code = ANY($3)) RETURNING product_id"
+        ))
+        .bind(id.as_uuid())
+        .bind(now)
+        .bind(codes)
+        .fetch_all(c)
+        .await?
+        .iter()
+        .map(|r| r.int("product_id"))
+        .collect()
+    }
+
+    async fn requeue_cancelled(
+        &self,
+        c: &mut PgConnection,
+        id: RequestId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>> {
+        sqlx::query(&format!(
+            "UPDATE images SET {REQUEUED_COLUMNS} WHERE request_id = $1 AND status = 'cancelled' \
+             RETURNING product_id"
+        ))
+        .bind(id.as_uuid())
+        .bind(now)
+        .fetch_all(c)
+        .await?
+        .iter()
+        .map(|r| r.int("product_id"))
+        .collect()
+    }
+
+    async fn reopen_products(
+        &self,
+        c: &mut PgConnection,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE products SET status = 'processing', updated_at = $2 WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .bind(now)
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    async fn reopen_request(
+        &self,
+        c: &mut PgConnection,
+        id: RequestId,
+        uncancelled: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE requests SET status = 'processing', \
+             cancelled_images = cancelled_images - $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(uncancelled as i32)
+        .bind(now)
+        .bind(id.as_uuid())
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    /// Its attempts go with it (`ON DELETE CASCADE`).
+    async fn delete_delivery(&self, c: &mut PgConnection, id: RequestId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE request_id = $1")
+            .bind(id.as_uuid())
+            .execute(c)
+            .await?;
+        Ok(())
     }
 
     async fn claim_images(
@@ -673,19 +933,22 @@ impl Backend for PgStore {
         id: RequestId,
         delta: Delta,
         now: DateTime<Utc>,
-    ) -> StoreResult<(Counts, Option<String>)> {
+    ) -> StoreResult<Tally> {
         let row = sqlx::query(
             "UPDATE requests SET completed_images = completed_images + $1, \
-             failed_images = failed_images + $2, updated_at = $3 WHERE id = $4 \
-             RETURNING total_images, completed_images, failed_images, webhook_url",
+             failed_images = failed_images + $2, bytes_in = bytes_in + $3, \
+             bytes_out = bytes_out + $4, updated_at = $5 WHERE id = $6 \
+             RETURNING total_images, completed_images, failed_images, status, webhook_url",
         )
         .bind(delta.completed as i32)
         .bind(delta.failed as i32)
+        .bind(delta.bytes_in)
+        .bind(delta.bytes_out)
         .bind(now)
         .bind(id.as_uuid())
         .fetch_one(c)
         .await?;
-        Ok((rows::counts(&row)?, row.opt_text("webhook_url")?))
+        rows::tally(&row)
     }
 
     async fn finish_request(

@@ -62,8 +62,11 @@ pub(crate) fn idempotent(r: &impl Columns) -> StoreResult<(RequestId, String)> {
     Ok((request_id(r, "id")?, r.text("upload_digest")?))
 }
 
-/// `id, status, webhook_url, total_products, total_images, completed_images, failed_images,
-/// created_at, updated_at`
+/// The columns [`request`] reads, the same in both backends' `requests` table.
+pub(crate) const REQUEST_COLUMNS: &str = "id, status, webhook_url, total_products, total_images, \
+     completed_images, failed_images, cancelled_images, bytes_in, bytes_out, created_at, updated_at";
+
+/// [`REQUEST_COLUMNS`]
 pub(crate) fn request(r: &impl Columns) -> StoreResult<RequestRow> {
     Ok(RequestRow {
         id: request_id(r, "id")?,
@@ -73,6 +76,9 @@ pub(crate) fn request(r: &impl Columns) -> StoreResult<RequestRow> {
         total_images: r.int("total_images")?,
         completed_images: r.int("completed_images")?,
         failed_images: r.int("failed_images")?,
+        cancelled_images: r.int("cancelled_images")?,
+        bytes_in: r.int("bytes_in")?,
+        bytes_out: r.int("bytes_out")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
@@ -196,4 +202,13 @@ pub(crate) fn counts(r: &impl Columns) -> StoreResult<Counts> {
 /// `status_code, error`
 pub(crate) fn attempt(r: &impl Columns) -> StoreResult<(Option<i64>, Option<String>)> {
     Ok((r.opt_int("status_code")?, r.opt_text("error")?))
+}
+
+/// `total_images, completed_images, failed_images, status, webhook_url`
+pub(crate) fn tally(r: &impl Columns) -> StoreResult<Tally> {
+    Ok(Tally {
+        counts: counts(r)?,
+        status: status(r, "status")?,
+        webhook_url: r.opt_text("webhook_url")?,
+    })
 }

@@ -14,11 +14,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
 
 use super::backend::{Backend, Tx};
-use super::rows::{self, Columns};
+use super::rows::{self, Columns, REQUEST_COLUMNS};
 use super::types::*;
 use super::{StoreError, StoreResult};
 use crate::domain::{Owner, RequestId, Status};
-use crate::failure::Failure;
+use crate::failure::{ErrorCode, Failure};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -132,6 +132,16 @@ where
     qb.push(")");
     qb.build().execute(&mut *c).await?;
     Ok(())
+}
+
+/// The SET list of an image put back in the queue by a retry (?2: now).
+const REQUEUED_COLUMNS: &str =
+    "status = 'pending', attempts = 0, error = NULL, error_code = NULL, \
+     next_attempt_at = ?2, locked_by = NULL, locked_until = NULL, updated_at = ?2";
+
+/// A JSON array, for `json_each(?)`: a list bound as one value.
+fn json<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).unwrap_or_default()
 }
 
 /// The SET list shared by an image's final result and its duplicates'.
@@ -301,11 +311,9 @@ impl Backend for SqliteStore {
         rid: RequestId,
         owner: &Owner,
     ) -> StoreResult<Option<RequestRow>> {
-        sqlx::query(
-            "SELECT id, status, webhook_url, total_products, total_images, completed_images, \
-             failed_images, created_at, updated_at FROM requests \
-             WHERE id = ? AND owner = ? AND deleting_at IS NULL",
-        )
+        sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ? AND owner = ? AND deleting_at IS NULL"
+        ))
         .bind(id(rid))
         .bind(owner.as_str())
         .fetch_optional(c)
@@ -440,6 +448,259 @@ impl Backend for SqliteStore {
         .fetch_one(&self.read)
         .await?;
         row.opt_time("t")
+    }
+
+    // Requests: list, cancel, retry (issue 18)
+
+    async fn list_requests(
+        &self,
+        owner: &Owner,
+        status: Option<Status>,
+        after: Option<ListAfter>,
+        limit: i64,
+    ) -> StoreResult<Vec<RequestRow>> {
+        // A row-value comparison, so the page is one range of `requests_owner_created`.
+        let after = after.unwrap_or(ListAfter::START);
+        sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE owner = ?1 AND deleting_at IS NULL \
+             AND (created_at, id) < (?2, ?3) AND (?4 IS NULL OR status = ?4) \
+             ORDER BY created_at DESC, id DESC LIMIT ?5"
+        ))
+        .bind(owner.as_str())
+        .bind(ms(after.created_at))
+        .bind(id(after.id))
+        .bind(status.map(Status::as_str))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(rows::request)
+        .collect()
+    }
+
+    /// The one writer connection holds the lock already.
+    async fn lock_request(
+        &self,
+        c: &mut SqliteConnection,
+        rid: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<RequestRow>> {
+        self.request(c, rid, owner).await
+    }
+
+    async fn cancel_pending_duplicates(
+        &self,
+        c: &mut SqliteConnection,
+        rid: RequestId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'cancelled', updated_at = ?2 \
+             WHERE request_id = ?1 AND status = 'pending' AND duplicate_of IN \
+             (SELECT id FROM images WHERE request_id = ?1 AND status = 'pending' \
+              AND duplicate_of IS NULL)",
+        )
+        .bind(id(rid))
+        .bind(ms(now))
+        .execute(c)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn cancel_pending_originals(
+        &self,
+        c: &mut SqliteConnection,
+        rid: RequestId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'cancelled', updated_at = ?2 \
+             WHERE request_id = ?1 AND status = 'pending' AND duplicate_of IS NULL",
+        )
+        .bind(id(rid))
+        .bind(ms(now))
+        .execute(c)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn cancel_products(
+        &self,
+        c: &mut SqliteConnection,
+        rid: RequestId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE products SET status = 'cancelled', updated_at = ?2 \
+             WHERE request_id = ?1 AND status IN ('pending', 'processing')",
+        )
+        .bind(id(rid))
+        .bind(ms(now))
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    async fn cancel_request(
+        &self,
+        c: &mut SqliteConnection,
+        rid: RequestId,
+        images: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE requests SET status = 'cancelled', cancelled_images = cancelled_images + ?, \
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(images)
+        .bind(ms(now))
+        .bind(id(rid))
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    async fn cancelled_among(
+        &self,
+        c: &mut SqliteConnection,
+        ids: &[RequestId],
+    ) -> StoreResult<Vec<RequestId>> {
+        let ids: Vec<String> = ids.iter().map(|r| id(*r)).collect();
+        sqlx::query(
+            "SELECT id FROM requests WHERE status = 'cancelled' \
+             AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(json(&ids))
+        .fetch_all(c)
+        .await?
+        .iter()
+        .map(|r| rows::request_id(r, "id"))
+        .collect()
+    }
+
+    async fn cancel_claimed(
+        &self,
+        c: &mut SqliteConnection,
+        jobs: &[i64],
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'cancelled', attempts = MAX(attempts - 1, 0), \
+             locked_by = NULL, locked_until = NULL, updated_at = ?3 \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'processing' \
+             AND locked_by = ?2",
+        )
+        .bind(json(jobs))
+        .bind(worker)
+        .bind(ms(now))
+        .execute(c)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn cancel_duplicates_of(
+        &self,
+        c: &mut SqliteConnection,
+        originals: &[i64],
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'cancelled', updated_at = ?2 \
+             WHERE duplicate_of IN (SELECT value FROM json_each(?1)) AND status = 'pending'",
+        )
+        .bind(json(originals))
+        .bind(ms(now))
+        .execute(c)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn requeue_failed(
+        &self,
+        c: &mut SqliteConnection,
+        rid: RequestId,
+        codes: Option<&[ErrorCode]>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>> {
+        let codes = codes.map(|cs| json(&cs.iter().map(|c| c.as_str()).collect::<Vec<_>>()));
+        sqlx::query(&format!(
+            "UPDATE images SET {REQUEUED_COLUMNS} WHERE request_id = ?1 AND status = 'failed' \
+             AND (?3 IS NULL OR error_code IN (SELECT value FROM json_each(?3))) \
+             RETURNING product_id"
+        ))
+        .bind(id(rid))
+        .bind(ms(now))
+        .bind(codes)
+        .fetch_all(c)
+        .await?
+        .iter()
+        .map(|r| r.int("product_id"))
+        .collect()
+    }
+
+    async fn requeue_cancelled(
+        &self,
+        c: &mut SqliteConnection,
+        rid: RequestId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>> {
+        sqlx::query(&format!(
+            "UPDATE images SET {REQUEUED_COLUMNS} WHERE request_id = ?1 AND status = 'cancelled' \
+             RETURNING product_id"
+        ))
+        .bind(id(rid))
+        .bind(ms(now))
+        .fetch_all(c)
+        .await?
+        .iter()
+        .map(|r| r.int("product_id"))
+        .collect()
+    }
+
+    async fn reopen_products(
+        &self,
+        c: &mut SqliteConnection,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE products SET status = 'processing', updated_at = ?2 \
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json(ids))
+        .bind(ms(now))
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    async fn reopen_request(
+        &self,
+        c: &mut SqliteConnection,
+        rid: RequestId,
+        uncancelled: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE requests SET status = 'processing', \
+             cancelled_images = cancelled_images - ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(uncancelled)
+        .bind(ms(now))
+        .bind(id(rid))
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    /// Its attempts go with it (`ON DELETE CASCADE`).
+    async fn delete_delivery(&self, c: &mut SqliteConnection, rid: RequestId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE request_id = ?")
+            .bind(id(rid))
+            .execute(c)
+            .await?;
+        Ok(())
     }
 
     async fn claim_images(
@@ -641,19 +902,22 @@ impl Backend for SqliteStore {
         rid: RequestId,
         delta: Delta,
         now: DateTime<Utc>,
-    ) -> StoreResult<(Counts, Option<String>)> {
+    ) -> StoreResult<Tally> {
         let row = sqlx::query(
             "UPDATE requests SET completed_images = completed_images + ?, \
-             failed_images = failed_images + ?, updated_at = ? WHERE id = ? \
-             RETURNING total_images, completed_images, failed_images, webhook_url",
+             failed_images = failed_images + ?, bytes_in = bytes_in + ?, \
+             bytes_out = bytes_out + ?, updated_at = ? WHERE id = ? \
+             RETURNING total_images, completed_images, failed_images, status, webhook_url",
         )
         .bind(delta.completed)
         .bind(delta.failed)
+        .bind(delta.bytes_in)
+        .bind(delta.bytes_out)
         .bind(ms(now))
         .bind(id(rid))
         .fetch_one(c)
         .await?;
-        Ok((rows::counts(&row)?, row.opt_text("webhook_url")?))
+        rows::tally(&row)
     }
 
     async fn finish_request(

@@ -63,8 +63,33 @@ pub struct RequestRow {
     pub total_images: i64,
     pub completed_images: i64,
     pub failed_images: i64,
+    /// Images a cancel stopped before they started.
+    pub cancelled_images: i64,
+    /// Sums over the completed images (a repeated URL counted at each occurrence).
+    pub bytes_in: i64,
+    pub bytes_out: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Where a page of the request list starts: after the request created at `created_at` with
+/// this ID (the list is newest first, ties broken by ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListAfter {
+    pub created_at: DateTime<Utc>,
+    pub id: RequestId,
+}
+
+impl ListAfter {
+    /// Before every request: the first page.
+    pub const START: ListAfter = ListAfter {
+        // 9999-12-31T23:59:59Z: later than any stored time, and within every backend's range.
+        created_at: match DateTime::from_timestamp(253_402_300_799, 0) {
+            Some(t) => t,
+            None => DateTime::<Utc>::MIN_UTC,
+        },
+        id: RequestId::MAX,
+    };
 }
 
 #[derive(Debug, Clone)]
@@ -260,11 +285,23 @@ impl Counts {
     }
 }
 
+/// A request's counts after a change, its status (as the change left it) and its webhook
+/// target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub counts: Counts,
+    pub status: Status,
+    pub webhook_url: Option<String>,
+}
+
 /// A change in a product's or request's counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Delta {
     pub completed: i64,
     pub failed: i64,
+    /// Bytes of the completed images' inputs and outputs (counted on the request only).
+    pub bytes_in: i64,
+    pub bytes_out: i64,
 }
 
 #[cfg(test)]

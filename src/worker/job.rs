@@ -6,8 +6,7 @@ use chrono::Utc;
 
 use super::Ctx;
 use crate::compress::{compress, working_memory, CompressOptions};
-use crate::core::{after_failure, backoff, ImageJob, ImageOutput, JobOutcome};
-use crate::domain::Status;
+use crate::core::{after_failure, backoff, ImageJob, ImageOutput, JobOutcome, Settled};
 use crate::failure::{ErrorCode, Failure};
 use crate::metrics::METRICS;
 
@@ -46,8 +45,11 @@ pub(crate) async fn run(ctx: &Ctx, job: ImageJob) {
             tracing::info!(image = job.id, request_id = %job.request_id, error = %f.message, error_code = %f.code, retry_at = %at, "image will be retried")
         }
     }
-    let finished = record(ctx, &job, &outcome).await;
-    if let Some(status) = finished {
+    let settled = record(ctx, &job, &outcome).await;
+    if let (true, JobOutcome::Completed(o)) = (settled.recorded, &outcome) {
+        METRICS.image_recorded(o.bytes_in as u64, o.bytes_out as u64);
+    }
+    if let Some(status) = settled.request_finished {
         tracing::info!(request_id = %job.request_id, %status, "request finished");
     }
 }
@@ -156,8 +158,8 @@ fn retry_or_fail(ctx: &Ctx, job: &ImageJob, failure: Failure) -> JobOutcome {
 /// Records the outcome, riding out a database outage for as long as it lasts: this process
 /// keeps the job's lease alive meanwhile, so giving up here would strand the job. A graceful
 /// shutdown aborts the wait and hands the job back; recording it again later is idempotent.
-/// The request's final status, when this settlement finished it.
-async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) -> Option<Status> {
+/// What the settlement changed.
+async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) -> Settled {
     let mut attempt = 0u32;
     loop {
         attempt = attempt.saturating_add(1);
@@ -169,7 +171,7 @@ async fn record(ctx: &Ctx, job: &ImageJob, outcome: &JobOutcome) -> Option<Statu
                         "job was no longer ours (lease lost); outcome dropped"
                     );
                 }
-                return s.request_finished;
+                return s;
             }
             Err(e) => {
                 tracing::warn!(image = job.id, error = %e, attempt, "cannot record outcome; retrying");

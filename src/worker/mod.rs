@@ -35,6 +35,8 @@ pub(crate) struct Ctx {
     pub decode_memory: MemoryBudget,
     /// This process's name in `locked_by`.
     pub worker_id: String,
+    /// Base of the service's URLs (the links in large requests' webhooks), no trailing slash.
+    pub public_url: Arc<str>,
 }
 
 pub struct WorkerPool {
@@ -52,6 +54,7 @@ impl WorkerPool {
         fetcher: Fetcher,
         sender: crate::webhook::Sender,
         config: Arc<Config>,
+        public_url: Arc<str>,
         shutdown: CancellationToken,
     ) -> Self {
         let worker_id = format!(
@@ -72,6 +75,7 @@ impl WorkerPool {
             fetcher,
             config,
             worker_id,
+            public_url,
         });
         let dispatcher = tokio::spawn(dispatch(ctx.clone(), shutdown.clone()));
         let mut background = JoinSet::new();

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use crate::core::{next_after_failure, AttemptNext, AttemptRecord, DeliveryJob};
-use crate::report::StatusBody;
+use crate::domain::Status;
+use crate::report::{Links, RequestSummary, StatusBody, WebhookSummary};
 use crate::webhook::{SendOutcome, Sender};
 
 /// Deliveries in flight at once, so one slow receiver does not hold up the others.
@@ -119,17 +120,38 @@ async fn attempt(ctx: &Ctx, sender: &Sender, job: DeliveryJob) {
     }
 }
 
-/// `{"type": "request.completed", "timestamp": …, "data": <status body>}`, built once.
+/// `{"type": "request.completed" (or "request.cancelled"), "timestamp": …, "data": …}`,
+/// built once. `data` is the status body, or for a request with more images than
+/// `IMGBATCH_WEBHOOK_FULL_BODY_MAX_IMAGES` its summary with links.
 async fn build_payload(ctx: &Ctx, job: &DeliveryJob) -> anyhow::Result<String> {
-    let detail = ctx
+    let gone = || anyhow::anyhow!("request {} is gone", job.request_id);
+    let row = ctx
         .core
-        .request_detail(job.request_id, &job.owner)
+        .request_row(job.request_id, &job.owner)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("request {} is gone", job.request_id))?;
+        .ok_or_else(gone)?;
+    let kind = match row.status {
+        Status::Cancelled => "request.cancelled",
+        _ => "request.completed",
+    };
+    let max = i64::try_from(ctx.config.webhook_full_body_max_images).unwrap_or(i64::MAX);
+    let data = if row.total_images > max {
+        serde_json::to_value(WebhookSummary {
+            summary: RequestSummary::of(&row),
+            links: Links::new(&ctx.public_url, row.id),
+        })?
+    } else {
+        let detail = ctx
+            .core
+            .request_detail(job.request_id, &job.owner)
+            .await?
+            .ok_or_else(gone)?;
+        serde_json::to_value(StatusBody::build(detail))?
+    };
     let body = serde_json::json!({
-        "type": "request.completed",
+        "type": kind,
         "timestamp": job.event_at,
-        "data": StatusBody::build(detail),
+        "data": data,
     });
     let payload = serde_json::to_string(&body)?;
     ctx.core.set_delivery_payload(job.id, &payload).await?;

@@ -371,3 +371,56 @@ async fn download_saves_the_bundle_or_unpacks_it() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("404"), "{}", text(&out));
 }
+
+db_test!(list_cancel_and_retry_from_the_command_line, |db| {
+    let mut c = db.config();
+    c.workers.workers = 0;
+    let app = TestApp::start(c).await;
+    let id = app
+        .upload_ok(csv(&[(
+            "1",
+            "A",
+            "https://a.test/1.jpg https://a.test/2.jpg",
+        )]))
+        .await;
+    let base = app.base.as_str();
+    let out = run(&["list", "--server", base]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&id) && stdout.contains("pending"),
+        "{stdout}"
+    );
+
+    let out = run(&["cancel", &id, "--server", base]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cancelled"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run(&["retry", &id, "--server", base, "--error-codes", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown error code"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["retry", &id, "--server", base]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2 images queued again") && stdout.contains("processing"),
+        "{stdout}"
+    );
+
+    let out = run(&["list", "--server", base, "--status", "processing", "--json"]).await;
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        page["requests"][0]["requestId"],
+        id.as_str(),
+        "{}",
+        text(&out)
+    );
+});

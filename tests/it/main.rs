@@ -9,6 +9,7 @@ mod crash;
 mod logs;
 mod outputs;
 mod pipeline;
+mod requests;
 mod retention;
 mod scale;
 mod security;

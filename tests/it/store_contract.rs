@@ -794,3 +794,68 @@ db_test!(
         assert!(core.deleted_at(any, &owner).await.unwrap().is_none());
     }
 );
+
+db_test!(a_cancelled_request_runs_none_of_its_jobs_again, |db| {
+    use imgbatch::core::CancelOutcome;
+    let core = open(&db).await;
+    let owner = Owner::open();
+    let id = create(
+        &core,
+        request(
+            &owner,
+            &[&["http://o/a", "http://o/b"], &["http://o/c", "http://o/a"]],
+            None,
+        ),
+    )
+    .await;
+    // Two jobs running, one pending (with its duplicate waiting for the first).
+    let running = core.claim_images("w1", 2, LEASE).await.unwrap();
+    assert_eq!(running.len(), 2);
+    let Some(CancelOutcome::Cancelled(row)) = core.cancel_request(id, &owner).await.unwrap() else {
+        panic!("cancelled")
+    };
+    // The pending original; the duplicate of a running one still waits for its result.
+    assert_eq!((row.status, row.cancelled_images), (Status::Cancelled, 1));
+    // One running job is told to retry later, the other completes: both recorded, neither
+    // revives the request.
+    let retry = JobOutcome::Retry {
+        failure: Failure::new(ErrorCode::Timeout, "timed out"),
+        at: Utc::now(),
+    };
+    let (a, b) = if running[0].input_url == "http://o/a" {
+        (&running[0], &running[1])
+    } else {
+        (&running[1], &running[0])
+    };
+    assert!(records(&core, b, "w1", &retry).await);
+    let settled = core.settle_image(a, "w1", &completed(a)).await.unwrap();
+    assert_eq!(
+        settled,
+        Settled {
+            recorded: true,
+            request_finished: None
+        }
+    );
+    // The retried job comes back to a claim, which cancels it instead of handing it out.
+    assert!(core.claim_images("w2", 10, LEASE).await.unwrap().is_empty());
+    let row = core.request_row(id, &owner).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Cancelled);
+    // a and its duplicate completed; b and c cancelled.
+    assert_eq!((row.completed_images, row.cancelled_images), (2, 2));
+    assert_eq!(row.bytes_in, 2000);
+    assert_eq!(core.queue_depth().await.unwrap(), (0, 0));
+    assert!(matches!(
+        core.cancel_request(id, &owner).await.unwrap(),
+        Some(CancelOutcome::Cancelled(_))
+    ));
+    assert!(core
+        .cancel_request(id, &Owner::of_key("other"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(core
+        .retry_request(id, &Owner::of_key("other"), None)
+        .await
+        .unwrap()
+        .is_none());
+});

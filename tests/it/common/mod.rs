@@ -303,16 +303,6 @@ impl Drop for TestApp {
     }
 }
 
-/// A CSV with the standard header and the given rows.
-pub fn csv<A: AsRef<str>, B: AsRef<str>, C: AsRef<str>>(rows: &[(A, B, C)]) -> String {
-    let mut s = String::from("S. No.,Product Name,Input Image Urls\n");
-    for (serial, name, urls) in rows {
-        let (serial, name, urls) = (serial.as_ref(), name.as_ref(), urls.as_ref());
-        s.push_str(&format!("{serial},{name},\"{urls}\"\n"));
-    }
-    s
-}
-
 /// Every image of a status body, in CSV order.
 pub fn images(status: &Value) -> Vec<&Value> {
     status["products"]
@@ -321,4 +311,14 @@ pub fn images(status: &Value) -> Vec<&Value> {
         .iter()
         .flat_map(|p| p["images"].as_array().unwrap())
         .collect()
+}
+
+/// A CSV with the standard header and the given rows.
+pub fn csv<A: AsRef<str>, B: AsRef<str>, C: AsRef<str>>(rows: &[(A, B, C)]) -> String {
+    let mut s = String::from("S. No.,Product Name,Input Image Urls\n");
+    for (serial, name, urls) in rows {
+        let (serial, name, urls) = (serial.as_ref(), name.as_ref(), urls.as_ref());
+        s.push_str(&format!("{serial},{name},\"{urls}\"\n"));
+    }
+    s
 }
