@@ -210,6 +210,24 @@ pub struct Config {
           value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
 
+    /// Default size box for uploads that name none: outputs fit inside this width, aspect
+    /// ratio kept, never enlarged (1-65535; unset: no limit).
+    #[arg(long, env = "IMGBATCH_MAX_WIDTH",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::domain::MAX_BOX_SIDE)))]
+    pub max_width: Option<u32>,
+
+    /// Default size box for uploads that name none: outputs fit inside this height (1-65535;
+    /// unset: no limit).
+    #[arg(long, env = "IMGBATCH_MAX_HEIGHT",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::domain::MAX_BOX_SIDE)))]
+    pub max_height: Option<u32>,
+
+    /// Default output format for uploads that name none: jpeg, webp, or auto (per image, the
+    /// smaller of the two at similar visual quality).
+    #[arg(long, env = "IMGBATCH_FORMAT", default_value = "jpeg",
+          value_parser = |s: &str| s.parse::<crate::domain::FormatChoice>())]
+    pub format: crate::domain::FormatChoice,
+
     /// Never serve an output larger than its input: keep a lossless re-encode of a JPEG input,
     /// or the input's own bytes without metadata, instead (false: every output is a JPEG).
     #[arg(long, env = "IMGBATCH_NEVER_LARGER", default_value_t = true, action = clap::ArgAction::Set)]
@@ -388,6 +406,12 @@ impl Config {
     /// Defaults for everything, as if no flag or variable were given; tests start from here.
     pub fn defaults() -> Self {
         Cli::parse_from(["imgbatch"]).serve
+    }
+
+    /// The options of an upload that names none.
+    pub fn default_options(&self) -> crate::domain::ImageOptions {
+        crate::domain::ImageOptions::new(self.quality, self.max_width, self.max_height, self.format)
+            .expect("the settings' parsers keep every option in range")
     }
 
     /// Which addresses image and webhook requests may reach.

@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::csv_input::CsvError;
+use crate::domain::OptionError;
 use crate::intake::{IntakeError, WebhookUrlError};
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -17,6 +18,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("Invalid CSV format")]
     InvalidCsv(Vec<CsvError>),
+    /// Upload options (form fields or query parameters) out of range; every one named.
+    #[error("Invalid options: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    InvalidOptions(Vec<OptionError>),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -72,7 +76,16 @@ fn human_bytes(n: usize) -> String {
 struct ErrorJson<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [CsvError]>,
+    errors: Option<ErrorList<'a>>,
+}
+
+/// The problems behind a refused upload: the CSV's, each with its line, or the options', each
+/// with its field.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ErrorList<'a> {
+    Csv(&'a [CsvError]),
+    Options(&'a [OptionError]),
 }
 
 /// An error answer.
@@ -98,14 +111,26 @@ pub struct ErrorBody {
 #[allow(dead_code)] // describes the answer for the OpenAPI document only
 pub struct InvalidUploadBody {
     message: String,
-    /// Present when the CSV itself was refused.
-    errors: Option<Vec<CsvError>>,
+    /// Present when the CSV itself was refused (each problem with its line), or an option
+    /// (each with its `field`).
+    errors: Option<Vec<UploadProblem>>,
+}
+
+/// One problem of a refused upload.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // describes the answer for the OpenAPI document only
+#[serde(untagged)]
+pub enum UploadProblem {
+    Csv(CsvError),
+    Option(OptionError),
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::InvalidCsv(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidCsv(_) | ApiError::InvalidOptions(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -173,7 +198,8 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let errors = match &self {
-            ApiError::InvalidCsv(errors) => Some(errors.as_slice()),
+            ApiError::InvalidCsv(errors) => Some(ErrorList::Csv(errors)),
+            ApiError::InvalidOptions(errors) => Some(ErrorList::Options(errors)),
             _ => None,
         };
         let mut response = (

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use crate::core::{Core, CreateOutcome, NewRequest, StoreError};
 use crate::csv_input::{parse_csv, CsvError, CsvLimits};
 use crate::domain::RequestId;
-use crate::domain::{check_url, Owner, UrlError};
+use crate::domain::{check_url, ImageOptions, Owner, UrlError};
 
 /// Why an upload was not accepted. The HTTP layer turns each into its answer (see
 /// `impl From<IntakeError> for ApiError`); the core knows nothing of status codes.
@@ -55,6 +55,8 @@ pub struct Upload {
     pub idempotency_key: Option<String>,
     pub csv: Vec<u8>,
     pub webhook_url: Option<String>,
+    /// Checked by the caller (they are the form's fields, the query's and the settings').
+    pub options: ImageOptions,
 }
 
 pub async fn accept(
@@ -67,19 +69,25 @@ pub async fn accept(
         idempotency_key,
         csv,
         webhook_url,
+        options,
     } = upload;
-    let upload_digest = digest(&csv, webhook_url.as_deref());
+    let upload_digest = digest(&csv, webhook_url.as_deref(), &options);
     // Parsing a large CSV takes milliseconds of CPU: keep it off the async workers.
-    let products = tokio::task::spawn_blocking(move || parse_csv(&csv, &limits))
-        .await
-        .map_err(|e| IntakeError::Internal(anyhow::anyhow!("CSV parser stopped: {e}")))?
-        .map_err(IntakeError::InvalidCsv)?;
+    let (products, csv) = tokio::task::spawn_blocking(move || {
+        let products = parse_csv(&csv, &limits)?;
+        Ok((products, csv_text(csv)))
+    })
+    .await
+    .map_err(|e| IntakeError::Internal(anyhow::anyhow!("CSV parser stopped: {e}")))?
+    .map_err(IntakeError::InvalidCsv)?;
     let new = NewRequest {
         id: RequestId::new(),
         owner,
         idempotency_key,
         upload_digest,
         webhook_url,
+        options,
+        csv,
         products,
     };
     match core.create_request(new).await? {
@@ -88,13 +96,26 @@ pub async fn accept(
     }
 }
 
+/// The CSV as text, for keeping: every cell of an accepted file is UTF-8, so this moves the
+/// bytes without a copy unless a stray byte sits outside the cells.
+fn csv_text(mut csv: Vec<u8>) -> String {
+    if csv.starts_with(b"\xEF\xBB\xBF") {
+        csv.drain(..3);
+    }
+    String::from_utf8(csv).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// Identifies an upload's content, so a retry with the same Idempotency-Key can be told apart
 /// from a different upload that reuses the key by mistake.
-fn digest(csv: &[u8], webhook_url: Option<&str>) -> String {
+/// The options count as they were resolved (defaults filled in), so the same file sent once
+/// with `quality=50` and once relying on a default of 50 is the same upload.
+fn digest(csv: &[u8], webhook_url: Option<&str>, options: &ImageOptions) -> String {
     let mut h = Sha256::new();
     h.update(csv);
     h.update([0]);
     h.update(webhook_url.unwrap_or("").as_bytes());
+    h.update([0]);
+    h.update(options.to_json().as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -157,9 +178,19 @@ mod tests {
     }
 
     #[test]
-    fn digest_depends_on_csv_and_webhook() {
-        assert_eq!(digest(b"a", None), digest(b"a", Some("")));
-        assert_ne!(digest(b"a", None), digest(b"b", None));
-        assert_ne!(digest(b"a", None), digest(b"a", Some("http://x")));
+    fn digest_depends_on_csv_webhook_and_options() {
+        use crate::domain::FormatChoice;
+        let o = ImageOptions::new(50, None, None, FormatChoice::Jpeg).unwrap();
+        assert_eq!(digest(b"a", None, &o), digest(b"a", Some(""), &o));
+        assert_ne!(digest(b"a", None, &o), digest(b"b", None, &o));
+        assert_ne!(digest(b"a", None, &o), digest(b"a", Some("http://x"), &o));
+        for other in [
+            ImageOptions::new(51, None, None, FormatChoice::Jpeg),
+            ImageOptions::new(50, Some(10), None, FormatChoice::Jpeg),
+            ImageOptions::new(50, None, Some(10), FormatChoice::Jpeg),
+            ImageOptions::new(50, None, None, FormatChoice::Auto),
+        ] {
+            assert_ne!(digest(b"a", None, &o), digest(b"a", None, &other.unwrap()));
+        }
     }
 }

@@ -11,7 +11,8 @@ use crate::core::{
     DeliveryState, ImageRow, ProductRow, RequestDetail, RequestRow, StoreError, StoreResult,
     WebhookRow,
 };
-use crate::domain::{RequestId, Status};
+use crate::csv_input::{CsvLayout, OUTPUT_COLUMN};
+use crate::domain::{ImageOptions, RequestId, Status};
 use crate::failure::ErrorCode;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -21,6 +22,9 @@ pub struct StatusBody {
     pub status: Status,
     pub progress: Progress,
     pub savings: Savings,
+    /// The options the images are made with (the upload's, defaults filled in from the
+    /// settings); null on requests made before per-upload options.
+    pub options: Option<ImageOptions>,
     /// Every output URL in CSV order; `null` where an image has no output (yet, or ever).
     pub output_image_urls: Vec<Option<String>>,
     pub products: Vec<ProductBody>,
@@ -139,6 +143,8 @@ pub struct RequestSummary {
     pub status: Status,
     pub progress: Progress,
     pub savings: Savings,
+    /// As in the status body.
+    pub options: Option<ImageOptions>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -150,6 +156,7 @@ impl RequestSummary {
             status: r.status,
             progress: Progress::of(r),
             savings: Savings::of(r),
+            options: r.options,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -261,6 +268,7 @@ impl StatusBody {
             status: request.status,
             progress: Progress::of(&request),
             savings: Savings::of(&request),
+            options: request.options,
             output_image_urls: Vec::new(),
             products: Vec::new(),
             webhook: WebhookBody::build(request.webhook_url.as_deref(), webhook),
@@ -520,29 +528,51 @@ fn group(
     })
 }
 
-/// The input CSV with a fourth column of output URLs (the original assignment's format).
-/// Cells that a spreadsheet would run as a formula are defused with a leading quote.
-pub fn output_csv(detail: RequestDetail) -> Vec<u8> {
+/// The uploaded CSV as it was (its `layout`: header spellings, column order, extra columns,
+/// delimiter) with a last column of output URLs, comma-separated in the order of the inputs
+/// (the original assignment's format). A request from before the file was kept (no layout)
+/// gets the three columns the service reads, as it sees them. Cells that a spreadsheet would
+/// run as a formula are defused with a leading quote.
+pub fn output_csv(detail: RequestDetail, layout: Option<CsvLayout>) -> Vec<u8> {
     let RequestDetail {
         products, images, ..
     } = detail;
+    let products: Vec<_> = group(products, images).collect();
+    let layout = layout
+        .filter(|l| l.rows.len() == products.len())
+        .unwrap_or_else(|| CsvLayout {
+            delimiter: b',',
+            header: ["S. No.", "Product Name", "Input Image Urls"]
+                .map(String::from)
+                .to_vec(),
+            rows: products
+                .iter()
+                .map(|(p, imgs)| {
+                    let inputs: Vec<&str> = imgs.iter().map(|i| i.input_url.as_str()).collect();
+                    vec![
+                        p.serial_number.to_string(),
+                        p.product_name.clone(),
+                        inputs.join(","),
+                    ]
+                })
+                .collect(),
+        });
     let mut w = csv::WriterBuilder::new()
+        .delimiter(layout.delimiter)
         .terminator(csv::Terminator::CRLF)
         .from_writer(Vec::new());
-    let mut write =
-        |cells: [String; 4]| w.write_record(cells.iter().map(|c| defuse(c).into_owned()));
+    let mut write = |cells: &[String], last: &str| {
+        w.write_record(
+            cells
+                .iter()
+                .map(String::as_str)
+                .chain([last])
+                .map(|c| defuse(c).into_owned()),
+        )
+    };
     // Writing to a Vec cannot fail; a failure here would be a bug in csv, not an I/O problem.
-    let _ = write(
-        [
-            "S. No.",
-            "Product Name",
-            "Input Image Urls",
-            "Output Image Urls",
-        ]
-        .map(String::from),
-    );
-    for (p, imgs) in group(products, images) {
-        let inputs: Vec<&str> = imgs.iter().map(|i| i.input_url.as_str()).collect();
+    let _ = write(&layout.header, OUTPUT_COLUMN);
+    for (cells, (_, imgs)) in layout.rows.iter().zip(&products) {
         let outputs: Vec<&str> = imgs
             .iter()
             .map(|i| i.output_url.as_deref().unwrap_or(""))
@@ -552,12 +582,7 @@ pub fn output_csv(detail: RequestDetail) -> Vec<u8> {
         } else {
             outputs.join(",")
         };
-        let _ = write([
-            p.serial_number.to_string(),
-            p.product_name,
-            inputs.join(","),
-            outputs,
-        ]);
+        let _ = write(cells, &outputs);
     }
     w.into_inner().unwrap_or_default()
 }
@@ -603,6 +628,7 @@ mod tests {
                 id: RequestId::new(),
                 status: Status::Processing,
                 webhook_url: None,
+                options: None,
                 total_products: 2,
                 total_images: 3,
                 completed_images: 1,
@@ -807,7 +833,7 @@ mod tests {
 
     #[test]
     fn output_csv_has_four_columns_and_defuses_formulas() {
-        let text = String::from_utf8(output_csv(detail())).unwrap();
+        let text = String::from_utf8(output_csv(detail(), None)).unwrap();
         let lines: Vec<&str> = text.split("\r\n").collect();
         assert_eq!(
             lines[0],

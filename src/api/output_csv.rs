@@ -3,13 +3,15 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::{lookup, AppState};
+use crate::csv_input;
 use crate::domain::Owner;
 use crate::domain::RequestId;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::report;
 
-/// The input CSV with a fourth column, `Output Image Urls` (empty until images are done).
-/// Cells that a spreadsheet would run as formulas start with `'`.
+/// The uploaded CSV as it was (header spellings, column order, extra columns, delimiter) with a
+/// last column, `Output Image Urls` (empty until images are done). Cells that a spreadsheet
+/// would run as formulas start with `'`.
 #[utoipa::path(
     get,
     path = "/api/requests/{requestId}/output.csv",
@@ -34,12 +36,20 @@ pub async fn output_csv(
     let Some(detail) = state.core.request_detail(id, &owner).await? else {
         return Err(lookup::missing(&state.core, id, &owner).await);
     };
+    // The kept file, if any: a request could be deleted between the two reads, and then is
+    // served in the service's own layout rather than failed.
+    let layout = state
+        .core
+        .request_csv(id, &owner)
+        .await?
+        .flatten()
+        .and_then(|csv| csv_input::layout(csv.as_bytes()));
     let disposition = format!("attachment; filename=\"{id}.csv\"");
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
-        report::output_csv(detail),
+        report::output_csv(detail, layout),
     ))
 }

@@ -1,13 +1,12 @@
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
-use axum::extract::{Multipart, State};
+use axum::extract::{Multipart, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
 
 use super::AppState;
 use crate::csv_input::CsvLimits;
-use crate::domain::Owner;
-use crate::domain::RequestId;
+use crate::domain::{OptionError, OptionsInput, Owner, RequestId};
 use crate::error::{ApiError, ApiResult, ErrorBody, InvalidUploadBody};
 use crate::intake::{self, Upload};
 use crate::metrics::METRICS;
@@ -33,6 +32,42 @@ pub struct UploadForm {
     #[serde(rename = "webhookUrl")]
     #[schema(rename = "webhookUrl", example = "")]
     webhook_url: Option<String>,
+    /// Quality of the outputs, 1-100 (default: `IMGBATCH_QUALITY`).
+    #[schema(value_type = Option<String>, example = "75")]
+    quality: Option<u8>,
+    /// Outputs fit inside this many pixels of width, aspect ratio kept, never enlarged
+    /// (1-65535; default: `IMGBATCH_MAX_WIDTH`, else no limit).
+    #[serde(rename = "maxWidth")]
+    #[schema(rename = "maxWidth", value_type = Option<String>, example = "2000")]
+    max_width: Option<u32>,
+    /// Outputs fit inside this many pixels of height (1-65535; default: `IMGBATCH_MAX_HEIGHT`,
+    /// else no limit).
+    #[serde(rename = "maxHeight")]
+    #[schema(rename = "maxHeight", value_type = Option<String>, example = "2000")]
+    max_height: Option<u32>,
+    /// `jpeg`, `webp`, or `auto` (per image, the smaller of the two at similar visual quality);
+    /// default: `IMGBATCH_FORMAT`.
+    #[schema(value_type = Option<String>, example = "jpeg")]
+    format: Option<String>,
+}
+
+/// The options as query parameters, for clients that cannot add form fields.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // describes the request for the OpenAPI document only
+pub struct UploadQuery {
+    /// As the form field `quality`; a form field given too wins.
+    quality: Option<String>,
+    /// As the form field `maxWidth`; a form field given too wins.
+    #[serde(rename = "maxWidth")]
+    #[param(rename = "maxWidth")]
+    max_width: Option<String>,
+    /// As the form field `maxHeight`; a form field given too wins.
+    #[serde(rename = "maxHeight")]
+    #[param(rename = "maxHeight")]
+    max_height: Option<String>,
+    /// As the form field `format`; a form field given too wins.
+    format: Option<String>,
 }
 
 /// Upload a CSV. Answers at once with the request ID once every row is valid and stored;
@@ -43,10 +78,11 @@ pub struct UploadForm {
     tag = "requests",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     params(("Idempotency-Key" = Option<String>, Header,
-            description = "Repeat an upload safely: the same key and file return the first request's ID")),
+            description = "Repeat an upload safely: the same key, file and options return the first request's ID"),
+           UploadQuery),
     responses(
         (status = 200, description = "Accepted", body = UploadResponse),
-        (status = 400, description = "Invalid CSV (with every error and its line), no file part, or a bad webhookUrl", body = InvalidUploadBody),
+        (status = 400, description = "Invalid CSV (with every error and its line), an invalid option (with every error and its field), no file part, or a bad webhookUrl", body = InvalidUploadBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 413, description = "Upload larger than the limit", body = ErrorBody),
         (status = 415, description = "Not multipart/form-data", body = ErrorBody),
@@ -60,9 +96,10 @@ pub async fn upload(
     State(state): State<AppState>,
     owner: Owner,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<UploadResponse>> {
-    let result = accept(&state, owner, headers, multipart).await;
+    let result = accept(&state, owner, headers, query, multipart).await;
     match &result {
         Ok(_) => METRICS.upload_accepted(),
         Err(e) if e.status().is_client_error() => {
@@ -78,6 +115,7 @@ async fn accept(
     state: &AppState,
     owner: Owner,
     headers: HeaderMap,
+    query: Option<String>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<UploadResponse>> {
     let is_multipart = headers
@@ -99,6 +137,7 @@ async fn accept(
 
     let mut csv = None;
     let mut webhook_url = None;
+    let mut form_options = OptionsInput::default();
     while let Some(field) = multipart
         .next_field()
         .await
@@ -123,10 +162,30 @@ async fn accept(
                     webhook_url = Some(intake::parse_webhook_url(&raw, limits.max_url_length)?);
                 }
             }
+            Some(name) if form_options.field_mut(name).is_some() => {
+                let name = name.to_owned();
+                let raw = read_capped(field, MAX_TEXT_PART, limits.max_upload_bytes)
+                    .await
+                    .map_err(|_| ApiError::BadRequest(format!("{name} is too long")))?;
+                let raw = String::from_utf8(raw)
+                    .map_err(|_| ApiError::BadRequest(format!("{name} is not UTF-8")))?;
+                let slot = form_options.field_mut(&name).expect("a known option");
+                if slot.is_some() {
+                    return Err(ApiError::BadRequest(format!(
+                        "more than one \"{name}\" part"
+                    )));
+                }
+                *slot = Some(raw);
+            }
             // Unknown parts (Postman adds some) are skipped, not fatal.
             _ => {}
         }
     }
+    // Checked before the CSV is parsed, and so before anything is stored.
+    let options = form_options
+        .or(query_options(query.as_deref()))
+        .resolve(&state.config.default_options())
+        .map_err(ApiError::InvalidOptions)?;
     let csv = csv.ok_or_else(|| {
         ApiError::BadRequest("no \"file\" part: send the CSV as multipart part \"file\"".into())
     })?;
@@ -149,6 +208,7 @@ async fn accept(
         idempotency_key,
         csv,
         webhook_url,
+        options,
     };
     let request_id = intake::accept(&state.core, csv_limits, upload).await?;
     tracing::info!(%request_id, "upload accepted");
@@ -166,8 +226,23 @@ fn log_refusal(e: &ApiError) {
                 .map(|e| format!("line {}: {}", e.line, e.message));
             tracing::info!(status, reason = %e, problems = errors.len(), first, "upload refused")
         }
+        ApiError::InvalidOptions(errors) => {
+            let first = errors.first().map(OptionError::to_string);
+            tracing::info!(status, reason = %e, problems = errors.len(), first, "upload refused")
+        }
         _ => tracing::info!(status, reason = %e, "upload refused"),
     }
+}
+
+/// The options among the query parameters (others are ignored, as unknown form parts are).
+fn query_options(query: Option<&str>) -> OptionsInput {
+    let mut options = OptionsInput::default();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if let Some(slot) = options.field_mut(&name) {
+            *slot = Some(value.into_owned());
+        }
+    }
+    options
 }
 
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {

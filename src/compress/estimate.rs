@@ -4,7 +4,7 @@ use std::io::Cursor;
 
 use image::ImageDecoder;
 
-use super::{sniff, takes_fast_path, InputFormat};
+use super::{sniff, takes_fast_path, CompressOptions, FormatChoice, InputFormat, SizeBox};
 
 /// What compressing `bytes` will hold in memory at its peak, beyond the bytes themselves: the
 /// budget a job reserves before it takes a core (see `crate::memory`). Reads headers only.
@@ -15,7 +15,39 @@ use super::{sniff, takes_fast_path, InputFormat};
 /// the pixels), PNG RGB ~36 MB (the pixels). Pixels and the output's coefficients are
 /// never held together (see `encode_pure_rust`), so the pixel path costs the larger of the two.
 /// A header that cannot be read costs nothing: compressing it fails at that same header.
-pub fn working_memory(bytes: &[u8]) -> u64 {
+pub fn working_memory(bytes: &[u8], opts: &CompressOptions) -> u64 {
+    let decode = decode_memory(bytes);
+    if opts.size_box == SizeBox::NONE && opts.format == FormatChoice::Jpeg {
+        return decode;
+    }
+    let Ok((w, h)) = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|_| ())
+        .and_then(|r| r.into_dimensions().map_err(|_| ()))
+    else {
+        return decode;
+    };
+    // Either orientation: the box applies to the picture as shown.
+    let (a, b) = opts.size_box.fit(w, h);
+    let (c, d) = opts.size_box.fit(h, w);
+    let out = (u64::from(a) * u64::from(b)).max(u64::from(c) * u64::from(d)) * 4;
+    // The resized copy, and the filter's intermediate: the source's rows at the output's width.
+    let resize = if opts.size_box.shrinks(w, h) || opts.size_box.shrinks(h, w) {
+        out + u64::from(w.max(h)) * u64::from(a.max(b).max(c).max(d)) * 4
+    } else {
+        0
+    };
+    // libwebp's YUV picture and its encoder's working buffers (measured: under 1.5x RGBA).
+    let webp = if opts.format == FormatChoice::Jpeg {
+        0
+    } else {
+        out * 3 / 2
+    };
+    decode + resize + webp
+}
+
+/// [`working_memory`] at the input's size, as JPEG.
+fn decode_memory(bytes: &[u8]) -> u64 {
     let Ok(format) = sniff(bytes) else {
         return 0;
     };
@@ -140,7 +172,7 @@ mod tests {
         let jpeg = jpeg_fixture(&photo, 80);
         assert!(takes_fast_path(&crate::jpeg::info(&jpeg).unwrap()));
         let coefficients = (400 * 304 + 2 * 200 * 152) * 2;
-        assert_eq!(working_memory(&jpeg), coefficients + coefficients / 8);
+        assert_eq!(decode_memory(&jpeg), coefficients + coefficients / 8);
         // 4:4:4 (jpeg-encoder's default from q90), fast path too: three full planes, and
         // chroma halved into new buffers while they are held.
         let jpeg444 = jpeg_fixture(&photo, 95);
@@ -150,7 +182,7 @@ mod tests {
         let coefficients = 3 * 400 * 304 * 2;
         let halved = 400 * 300 / 2;
         assert_eq!(
-            working_memory(&jpeg444),
+            decode_memory(&jpeg444),
             coefficients + (coefficients / 8).max(halved)
         );
         // 8-bit RGB PNG: the decoded pixels, which equal the output's 4:2:0 coefficients (with
@@ -159,7 +191,7 @@ mod tests {
         let rgb = 400 * 300 * 3;
         let turbo = cfg!(feature = "turbo");
         let expected = if turbo { rgb + rgb + rgb / 8 } else { rgb };
-        assert_eq!(working_memory(&png), expected);
+        assert_eq!(decode_memory(&png), expected);
         // 16-bit RGBA: 8 bytes a pixel decoded, plus the 8-bit RGB copy made from them.
         let wide = DynamicImage::ImageRgb8(photo).into_rgba16();
         let png16 = encode_as(wide, ImageFormat::Png);
@@ -169,9 +201,9 @@ mod tests {
         } else {
             decoded
         };
-        assert_eq!(working_memory(&png16), expected);
+        assert_eq!(decode_memory(&png16), expected);
         // What cannot be read costs nothing: it fails at the header.
-        assert_eq!(working_memory(b"<html>not an image</html>"), 0);
-        assert_eq!(working_memory(&png[..20]), 0);
+        assert_eq!(decode_memory(b"<html>not an image</html>"), 0);
+        assert_eq!(decode_memory(&png[..20]), 0);
     }
 }

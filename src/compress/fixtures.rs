@@ -13,6 +13,8 @@ pub(super) const OPTS: CompressOptions = CompressOptions {
     max_pixels: 50_000_000,
     // The tests of the recompressing paths; the never-larger rule has tests of its own.
     never_larger: false,
+    size_box: super::SizeBox::NONE,
+    format: super::FormatChoice::Jpeg,
 };
 
 /// Deterministic xorshift, so fixtures are identical on every run.

@@ -26,8 +26,10 @@ mod estimate;
 mod metadata;
 mod pixels;
 mod policy;
+mod resize;
 mod smaller;
 mod sniff;
+mod webp;
 
 #[cfg(test)]
 mod color_tests;
@@ -36,15 +38,19 @@ mod fixtures;
 #[cfg(test)]
 mod kept_tests;
 #[cfg(test)]
+mod options_tests;
+#[cfg(test)]
 mod tests;
 
 use std::panic::{self, UnwindSafe};
 
 use crate::failure::{ErrorCode, Failure};
 
+pub use crate::domain::FormatChoice;
 pub use color::{judge_for_every_kind, ColorHandling};
 pub use estimate::working_memory;
 pub use policy::takes_fast_path;
+pub use resize::SizeBox;
 pub use sniff::sniff;
 
 /// The input formats we accept, identified from the bytes alone.
@@ -159,6 +165,23 @@ pub struct CompressOptions {
     /// Never serve an output with more bytes than its input: keep a lossless re-encode of a
     /// JPEG input, or the input's own bytes without metadata, instead (`smaller`).
     pub never_larger: bool,
+    /// Outputs fit inside this box (after EXIF orientation), never enlarged.
+    pub size_box: SizeBox,
+    /// JPEG, WebP, or per image the smaller of the two.
+    pub format: FormatChoice,
+}
+
+impl CompressOptions {
+    /// Options with no box, JPEG output, at `quality`.
+    pub fn jpeg(quality: u8, max_pixels: u64, never_larger: bool) -> Self {
+        Self {
+            quality,
+            max_pixels,
+            never_larger,
+            size_box: SizeBox::NONE,
+            format: FormatChoice::Jpeg,
+        }
+    }
 }
 
 /// A finished output.

@@ -17,7 +17,7 @@ pub(super) struct Pixels {
 pub(super) enum Layout {
     Gray,
     Rgb,
-    /// Alpha already flattened; the fourth byte is dead weight the encoder ignores.
+    /// Alpha already flattened (the fourth byte is 255); the JPEG encoder ignores it.
     RgbX,
 }
 
@@ -125,6 +125,8 @@ fn flatten_rgba8_in_place(data: &mut [u8]) {
             p[0] = blend8(p[0], a);
             p[1] = blend8(p[1], a);
             p[2] = blend8(p[2], a);
+            // Opaque now: a WebP encoder handed these as RGBA must not see transparency.
+            p[3] = 255;
         }
     }
 }

@@ -6,7 +6,9 @@ use moxcms::Transform8BitExecutor;
 
 use super::color::{self, ColorHandling, Data, Verdict};
 use super::decode::Made;
-use super::{Codec, CompressError, CompressOptions, Compressed, InputFormat, OutputFormat};
+use super::{
+    Codec, CompressError, CompressOptions, Compressed, FormatChoice, InputFormat, OutputFormat,
+};
 
 /// The policy, in one place: may this JPEG take the DCT-domain fast path? Only when the result
 /// is what the pixel path would make: 8-bit YCbCr coming out 4:2:0 (or grayscale), no rotation
@@ -82,6 +84,13 @@ pub(super) fn requantize_if_eligible(
             )),
         });
     }
+    // The fast path writes a JPEG at the input's size: not for another format, nor for a
+    // picture the box shrinks (jpeg_scaled takes most of those before this).
+    let turned = info.exif_orientation.is_some_and(|o| (5..=8).contains(&o));
+    let shrinks = opts.size_box.shrinks_stored(width, height, turned);
+    if opts.format != FormatChoice::Jpeg || shrinks {
+        return Ok(JpegRoute::Pixels(None));
+    }
     if verdict.as_ref().is_some_and(|v| !v.is_srgb()) || !takes_fast_path(&info) {
         return Ok(JpegRoute::Pixels(None));
     }
@@ -101,5 +110,6 @@ pub(super) fn requantize_if_eligible(
             color,
         },
         orientation: 1,
+        resized: false,
     }))
 }

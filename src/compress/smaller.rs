@@ -17,7 +17,9 @@ use super::metadata;
 use super::{Codec, Compressed, InputFormat, OutputFormat};
 
 pub(super) fn never_larger(input: &[u8], format: InputFormat, made: Made) -> Compressed {
-    let Made { out, orientation } = made;
+    let Made {
+        out, orientation, ..
+    } = made;
     if out.bytes.len() <= input.len() {
         return out;
     }

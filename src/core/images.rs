@@ -30,6 +30,7 @@ pub(super) async fn claim<B: Backend>(
         jobs = drop_cancelled(b, &mut tx, jobs, worker, now).await?;
     }
     if !jobs.is_empty() {
+        fill_options(b, &mut tx, &mut jobs).await?;
         let mut products: Vec<i64> = jobs.iter().map(|j| j.product_id).collect();
         products.sort_unstable();
         products.dedup();
@@ -41,6 +42,23 @@ pub(super) async fn claim<B: Backend>(
     }
     commit::<B>(tx).await?;
     Ok(jobs)
+}
+
+/// Gives each job its request's options, read once per request.
+async fn fill_options<B: Backend>(b: &B, tx: &mut Tx<B>, jobs: &mut [ImageJob]) -> StoreResult<()> {
+    let mut requests: Vec<_> = jobs.iter().map(|j| j.request_id).collect();
+    requests.sort_unstable_by_key(|r| r.as_uuid());
+    requests.dedup();
+    let options: BTreeMap<_, _> = b
+        .options_of(&mut **tx, &requests)
+        .await?
+        .into_iter()
+        .map(|(id, o)| (id.as_uuid(), o))
+        .collect();
+    for job in jobs {
+        job.options = options.get(&job.request_id.as_uuid()).copied().flatten();
+    }
+    Ok(())
 }
 
 /// The claimed jobs whose request is not cancelled. The others (waiting for a retry when the

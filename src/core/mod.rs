@@ -240,6 +240,16 @@ impl Core {
         detached!(self, b => requests::detail(b, id, &owner).await)
     }
 
+    /// The CSV uploaded for a request, if the request exists and belongs to `owner`
+    /// (`Some(None)`: a request older than the kept CSV).
+    pub async fn request_csv(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<Option<String>>> {
+        on_backend!(&self.db, b => b.request_csv(id, owner).await)
+    }
+
     /// The version of a request and its number of images (see [`RequestHead`]), if it exists
     /// and belongs to `owner`, in one query.
     pub async fn request_head(

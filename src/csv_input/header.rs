@@ -47,21 +47,27 @@ enum HeaderCell {
 fn classify_header(cell: &str) -> HeaderCell {
     // Longer than any known name once normalized: no need to normalize a huge cell completely.
     const LONGEST_KNOWN: usize = "inputimageurls".len();
+    match normalized(cell, LONGEST_KNOWN) {
+        None => HeaderCell::Other,
+        Some(n) if n.is_empty() => HeaderCell::Unnamed,
+        Some(n) => Column::from_normalized(&n).map_or(HeaderCell::Other, HeaderCell::Known),
+    }
+}
+
+/// A header cell as names are compared: lower case, without white space, dots, underscores,
+/// hyphens or byte-order marks; None once it is longer than `max` bytes.
+pub(super) fn normalized(cell: &str, max: usize) -> Option<String> {
     let mut normalized = String::new();
     for c in cell
         .chars()
         .filter(|&c| !(c.is_whitespace() || matches!(c, '.' | '_' | '-' | '\u{FEFF}')))
     {
         normalized.extend(c.to_lowercase());
-        if normalized.len() > LONGEST_KNOWN {
-            return HeaderCell::Other;
+        if normalized.len() > max {
+            return None;
         }
     }
-    if normalized.is_empty() {
-        HeaderCell::Unnamed
-    } else {
-        Column::from_normalized(&normalized).map_or(HeaderCell::Other, HeaderCell::Known)
-    }
+    Some(normalized)
 }
 
 /// Where the columns are, from the header row.

@@ -24,6 +24,7 @@
 //! 1); a product whose quoted cells span several lines is reported at the line it starts on.
 
 mod header;
+mod layout;
 mod records;
 mod rows;
 #[cfg(test)]
@@ -39,6 +40,7 @@ pub use crate::domain::{check_url, ProductNameError, SerialNumberError, UrlError
 pub(crate) use crate::domain::{show, MAX_SHOWN_CHARS};
 use crate::domain::{ImageUrl, ProductName, SerialNumber};
 use header::{Column, Columns, HeaderFit};
+pub use layout::{layout, CsvLayout, OUTPUT_COLUMN};
 use records::{Records, DELIMITERS};
 use rows::check_row;
 

@@ -6,7 +6,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod options;
 mod values;
+
+pub use options::{FormatChoice, ImageOptions, OptionError, OptionsInput, MAX_BOX_SIDE};
 
 pub(crate) use values::{check_name, parse_serial, show, MAX_SHOWN_CHARS};
 pub use values::{check_url, ProductNameError, SerialNumberError, UrlError};

@@ -31,12 +31,14 @@ mod huffman;
 mod parse;
 mod requant;
 mod resample;
+mod scaled;
 mod strip;
 
 #[cfg(test)]
 mod tests;
 
 pub(crate) use parse::{check_structure, StructureProblem};
+pub use scaled::{decode_scaled, ScaledPixels};
 pub use strip::{orientation_exif, strip_metadata, with_color_and_orientation};
 
 use std::fmt;

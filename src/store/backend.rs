@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use super::types::*;
 use super::StoreResult;
-use crate::domain::{Owner, RequestId, Status};
+use crate::domain::{ImageOptions, Owner, RequestId, Status};
 use crate::failure::{ErrorCode, Failure};
 
 /// A connection of backend `B`, as a transaction derefs to.
@@ -195,6 +195,21 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         images: i64,
         now: DateTime<Utc>,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The stored options of these requests (None for a request made before options).
+    fn options_of(
+        &self,
+        c: &mut Conn<Self>,
+        ids: &[RequestId],
+    ) -> impl Future<Output = StoreResult<Vec<(RequestId, Option<ImageOptions>)>>> + Send;
+
+    /// The uploaded CSV of the request, if it exists, belongs to `owner` and was stored with
+    /// it (`Some(None)`: a request from before the CSV was kept).
+    fn request_csv(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> impl Future<Output = StoreResult<Option<Option<String>>>> + Send;
 
     /// Those of these requests that are `cancelled`.
     fn cancelled_among(

@@ -15,7 +15,7 @@ use super::pg_copy::BinaryCopy;
 use super::rows::{self, Columns, REQUEST_COLUMNS};
 use super::types::*;
 use super::{StoreError, StoreResult, Wakeup, Wakeups};
-use crate::domain::{Owner, RequestId, Status};
+use crate::domain::{ImageOptions, Owner, RequestId, Status};
 use crate::failure::{ErrorCode, Failure};
 
 /// The channel every process LISTENs on; a NOTIFY on it means new work may be there.
@@ -232,8 +232,8 @@ impl Backend for PgStore {
     ) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO requests (id, owner, idempotency_key, upload_digest, webhook_url, \
-             total_products, total_images, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+             total_products, total_images, created_at, updated_at, options, csv) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)",
         )
         .bind(new.id.as_uuid())
         .bind(new.owner.as_str())
@@ -243,6 +243,8 @@ impl Backend for PgStore {
         .bind(new.products.len() as i32)
         .bind(total_images as i32)
         .bind(now)
+        .bind(new.options.to_json())
+        .bind(&new.csv)
         .execute(c)
         .await?;
         Ok(())
@@ -575,6 +577,36 @@ impl Backend for PgStore {
         .execute(c)
         .await?;
         Ok(())
+    }
+
+    async fn options_of(
+        &self,
+        c: &mut PgConnection,
+        ids: &[RequestId],
+    ) -> StoreResult<Vec<(RequestId, Option<ImageOptions>)>> {
+        let ids: Vec<Uuid> = ids.iter().map(RequestId::as_uuid).collect();
+        sqlx::query("SELECT id, options FROM requests WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|r| Ok((rows::request_id(r, "id")?, rows::options(r, "options")?)))
+            .collect()
+    }
+
+    async fn request_csv(
+        &self,
+        id: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<Option<String>>> {
+        let row = sqlx::query(
+            "SELECT csv FROM requests WHERE id = $1 AND owner = $2 AND deleting_at IS NULL",
+        )
+        .bind(id.as_uuid())
+        .bind(owner.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.opt_text("csv")).transpose()
     }
 
     async fn cancelled_among(

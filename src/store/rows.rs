@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::types::*;
 use super::{StoreError, StoreResult};
-use crate::domain::{Owner, RequestId, Status};
+use crate::domain::{ImageOptions, Owner, RequestId, Status};
 use crate::failure::ErrorCode;
 
 /// Raw access to one column of a result row, by name, in the store's Rust types.
@@ -63,7 +63,7 @@ pub(crate) fn idempotent(r: &impl Columns) -> StoreResult<(RequestId, String)> {
 }
 
 /// The columns [`request`] reads, the same in both backends' `requests` table.
-pub(crate) const REQUEST_COLUMNS: &str = "id, status, webhook_url, total_products, total_images, \
+pub(crate) const REQUEST_COLUMNS: &str = "id, status, webhook_url, options, total_products, total_images, \
      completed_images, failed_images, cancelled_images, bytes_in, bytes_out, created_at, updated_at";
 
 /// [`REQUEST_COLUMNS`]
@@ -72,6 +72,7 @@ pub(crate) fn request(r: &impl Columns) -> StoreResult<RequestRow> {
         id: request_id(r, "id")?,
         status: status(r, "status")?,
         webhook_url: r.opt_text("webhook_url")?,
+        options: options(r, "options")?,
         total_products: r.int("total_products")?,
         total_images: r.int("total_images")?,
         completed_images: r.int("completed_images")?,
@@ -174,7 +175,15 @@ pub(crate) fn image_job(r: &impl Columns) -> StoreResult<ImageJob> {
         position: r.int("position")?,
         input_url: r.text("input_url")?,
         attempts: r.int("attempts")?,
+        options: None,
     })
+}
+
+/// A request's stored options; NULL (an older request) is None, anything unreadable an error.
+pub(crate) fn options(r: &impl Columns, col: &str) -> StoreResult<Option<ImageOptions>> {
+    r.opt_text(col)?
+        .map(|s| ImageOptions::from_json(&s).ok_or_else(|| corrupt("options", &s)))
+        .transpose()
 }
 
 /// `id, request_id, url, attempts, payload, event_at, owner`

@@ -17,7 +17,7 @@ use super::backend::{Backend, Tx};
 use super::rows::{self, Columns, REQUEST_COLUMNS};
 use super::types::*;
 use super::{StoreError, StoreResult};
-use crate::domain::{Owner, RequestId, Status};
+use crate::domain::{ImageOptions, Owner, RequestId, Status};
 use crate::failure::{ErrorCode, Failure};
 
 #[derive(Clone)]
@@ -211,8 +211,8 @@ impl Backend for SqliteStore {
     ) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO requests (id, owner, idempotency_key, upload_digest, webhook_url, \
-             total_products, total_images, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+             total_products, total_images, created_at, updated_at, options, csv) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
         )
         .bind(id(new.id))
         .bind(new.owner.as_str())
@@ -222,6 +222,8 @@ impl Backend for SqliteStore {
         .bind(new.products.len() as i64)
         .bind(total_images as i64)
         .bind(ms(now))
+        .bind(new.options.to_json())
+        .bind(&new.csv)
         .execute(c)
         .await?;
         Ok(())
@@ -558,6 +560,36 @@ impl Backend for SqliteStore {
         .execute(c)
         .await?;
         Ok(())
+    }
+
+    async fn options_of(
+        &self,
+        c: &mut SqliteConnection,
+        ids: &[RequestId],
+    ) -> StoreResult<Vec<(RequestId, Option<ImageOptions>)>> {
+        let ids: Vec<String> = ids.iter().map(|r| id(*r)).collect();
+        sqlx::query("SELECT id, options FROM requests WHERE id IN (SELECT value FROM json_each(?))")
+            .bind(json(&ids))
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|r| Ok((rows::request_id(r, "id")?, rows::options(r, "options")?)))
+            .collect()
+    }
+
+    async fn request_csv(
+        &self,
+        rid: RequestId,
+        owner: &Owner,
+    ) -> StoreResult<Option<Option<String>>> {
+        let row = sqlx::query(
+            "SELECT csv FROM requests WHERE id = ? AND owner = ? AND deleting_at IS NULL",
+        )
+        .bind(id(rid))
+        .bind(owner.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| r.opt_text("csv")).transpose()
     }
 
     async fn cancelled_among(

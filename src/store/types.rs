@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::csv_input::ParsedProduct;
-use crate::domain::{Owner, RequestId, Status};
+use crate::domain::{ImageOptions, Owner, RequestId, Status};
 use crate::failure::{ErrorCode, Failure};
 
 /// An upload, validated, ready to be stored in one transaction.
@@ -15,6 +15,9 @@ pub struct NewRequest {
     /// Digest of the upload's content, to tell a true retry from a reused key.
     pub upload_digest: String,
     pub webhook_url: Option<String>,
+    pub options: ImageOptions,
+    /// The uploaded CSV, kept for output.csv.
+    pub csv: String,
     pub products: Vec<ParsedProduct>,
 }
 
@@ -59,6 +62,8 @@ pub struct RequestRow {
     pub id: RequestId,
     pub status: Status,
     pub webhook_url: Option<String>,
+    /// None on requests made before per-upload options.
+    pub options: Option<ImageOptions>,
     pub total_products: i64,
     pub total_images: i64,
     pub completed_images: i64,
@@ -241,6 +246,9 @@ pub struct ImageJob {
     pub input_url: String,
     /// Attempts so far, this one included.
     pub attempts: i64,
+    /// Its request's options (filled in by the claim; None on requests made before per-upload
+    /// options, which take the process settings).
+    pub options: Option<ImageOptions>,
 }
 
 #[derive(Debug, Clone)]
@@ -326,7 +334,15 @@ pub(crate) mod tests {
             idempotency_key: None,
             upload_digest: String::new(),
             webhook_url: None,
+            options: crate::domain::ImageOptions::new(
+                50,
+                None,
+                None,
+                crate::domain::FormatChoice::Jpeg,
+            )
+            .unwrap(),
             products: parse_csv(csv.as_bytes(), &limits).unwrap(),
+            csv,
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::Ctx;
-use crate::compress::{compress, working_memory, CompressOptions};
+use crate::compress::{compress, working_memory, CompressOptions, SizeBox};
 use crate::core::{after_failure, backoff, ImageJob, ImageOutput, JobOutcome, Settled};
 use crate::failure::{ErrorCode, Failure};
 use crate::metrics::METRICS;
@@ -65,14 +65,25 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
         Err(e) => return JobOutcome::Failed(e.into()),
     };
     let bytes_in = bytes.len() as i64;
+    // A request from before per-upload options is made with the settings, as it always was.
+    let options = job.options.unwrap_or_else(|| ctx.config.default_options());
     let opts = CompressOptions {
-        quality: ctx.config.quality,
+        quality: options.quality(),
         max_pixels: ctx.config.limits.max_image_pixels,
         never_larger: ctx.config.never_larger,
+        size_box: SizeBox {
+            max_width: options.max_width(),
+            max_height: options.max_height(),
+        },
+        format: options.format(),
     };
     // Memory before the core, always in this order: a job holding a core never waits for
     // anything, so the two can never deadlock.
-    let Some(buffers) = ctx.decode_memory.reserve(working_memory(&bytes)).await else {
+    let Some(buffers) = ctx
+        .decode_memory
+        .reserve(working_memory(&bytes, &opts))
+        .await
+    else {
         return retry_or_fail(ctx, job, shutting_down());
     };
     let Ok(permit) = ctx.cpu.clone().acquire_owned().await else {

@@ -41,7 +41,15 @@ fn request(owner: &Owner, rows: &[&[&str]], webhook: Option<&str>) -> NewRequest
         idempotency_key: None,
         upload_digest: "digest".into(),
         webhook_url: webhook.map(Into::into),
+        options: imgbatch::domain::ImageOptions::new(
+            50,
+            None,
+            None,
+            imgbatch::domain::FormatChoice::Jpeg,
+        )
+        .unwrap(),
         products: parse_csv(csv.as_bytes(), &limits).unwrap(),
+        csv,
     }
 }
 

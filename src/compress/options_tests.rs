@@ -1,0 +1,157 @@
+//! Per-upload options through the codec: the size box, WebP and `auto`, and the DCT-domain
+//! downscale of JPEG inputs.
+
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageFormat};
+
+use super::fixtures::{encode_as, jpeg_fixture, photo_like, psnr, with_exif_orientation, OPTS};
+use super::*;
+
+fn boxed(w: Option<u32>, h: Option<u32>, format: FormatChoice) -> CompressOptions {
+    CompressOptions {
+        size_box: SizeBox {
+            max_width: w,
+            max_height: h,
+        },
+        format,
+        ..OPTS
+    }
+}
+
+fn decoded(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory(bytes).unwrap().to_rgb8()
+}
+
+#[test]
+fn outputs_fit_the_box_keep_the_ratio_and_never_grow() {
+    let photo = photo_like(640, 480);
+    let inputs = [
+        jpeg_fixture(&photo, 90),
+        encode_as(photo.clone(), ImageFormat::Png),
+        encode_as(photo.clone(), ImageFormat::WebP),
+    ];
+    for input in &inputs {
+        for format in FormatChoice::ALL {
+            for (w, h) in [
+                (Some(200), None),
+                (None, Some(100)),
+                (Some(1000), Some(1000)),
+            ] {
+                let out = compress(input, &boxed(w, h, format)).unwrap();
+                let img = decoded(&out.bytes);
+                assert_eq!((img.width(), img.height()), (out.width, out.height));
+                assert!(w.is_none_or(|w| out.width <= w) && h.is_none_or(|h| out.height <= h));
+                assert!(out.width <= 640 && out.height <= 480, "never enlarged");
+                let ratio_h = f64::from(out.width) * 480.0 / 640.0;
+                assert!(
+                    (ratio_h - f64::from(out.height)).abs() <= 1.0,
+                    "aspect kept"
+                );
+                let sniffed = sniff(&out.bytes).unwrap();
+                match (format, out.format) {
+                    (FormatChoice::Jpeg, OutputFormat::Jpeg) => {
+                        assert_eq!(sniffed, InputFormat::Jpeg)
+                    }
+                    (FormatChoice::Webp, OutputFormat::WebP) => {
+                        assert_eq!(sniffed, InputFormat::WebP)
+                    }
+                    (FormatChoice::Auto, OutputFormat::Jpeg) => {
+                        assert_eq!(sniffed, InputFormat::Jpeg)
+                    }
+                    (FormatChoice::Auto, OutputFormat::WebP) => {
+                        assert_eq!(sniffed, InputFormat::WebP)
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn orientation_is_applied_before_the_box() {
+    // Stored 640x480, shown 480x640 (EXIF 6): a 240-wide box gives 240x320.
+    let jpeg = with_exif_orientation(jpeg_fixture(&photo_like(640, 480), 90), 6);
+    let out = compress(&jpeg, &boxed(Some(240), None, FormatChoice::Jpeg)).unwrap();
+    assert_eq!((out.width, out.height), (240, 320));
+    let img = decoded(&out.bytes);
+    assert_eq!((img.width(), img.height()), (240, 320));
+}
+
+#[test]
+fn auto_keeps_the_smaller_of_jpeg_and_webp() {
+    let photo = photo_like(320, 240);
+    let input = encode_as(photo, ImageFormat::Png);
+    let jpeg = compress(&input, &boxed(None, None, FormatChoice::Jpeg)).unwrap();
+    let webp = compress(&input, &boxed(None, None, FormatChoice::Webp)).unwrap();
+    let auto = compress(&input, &boxed(None, None, FormatChoice::Auto)).unwrap();
+    assert_eq!(auto.bytes.len(), jpeg.bytes.len().min(webp.bytes.len()));
+    // A flat picture: WebP wins by far.
+    let flat = encode_as(DynamicImage::new_rgb8(300, 300), ImageFormat::Png);
+    assert_eq!(
+        compress(&flat, &boxed(None, None, FormatChoice::Auto))
+            .unwrap()
+            .format,
+        OutputFormat::WebP
+    );
+}
+
+#[test]
+fn webp_quality_follows_the_option() {
+    let input = encode_as(photo_like(320, 240), ImageFormat::Png);
+    let q = |quality| {
+        let o = CompressOptions {
+            quality,
+            ..boxed(None, None, FormatChoice::Webp)
+        };
+        compress(&input, &o).unwrap().bytes.len()
+    };
+    assert!(q(30) < q(60) && q(60) < q(90));
+}
+
+/// The DCT-domain downscale against a full decode, both followed by the same Lanczos3 filter,
+/// both measured against the source picture resized by that filter: within 0.5 dB.
+#[test]
+fn dct_domain_downscale_is_within_half_a_db_of_a_full_decode() {
+    let source = photo_like(1600, 1200);
+    let jpeg = jpeg_fixture(&source, 92);
+    for (denominator, target) in [(2u32, (400u32, 300u32)), (2, (200, 150)), (2, (100, 75))] {
+        let reference = image::imageops::resize(&source, target.0, target.1, FilterType::Lanczos3);
+        let scaled = crate::jpeg::decode_scaled(&jpeg, denominator).unwrap();
+        assert_eq!(scaled.width, 1600 / denominator);
+        let pixels = pixels::Pixels {
+            data: scaled.data,
+            width: scaled.width,
+            height: scaled.height,
+            layout: pixels::Layout::Rgb,
+        };
+        let via_dct = resize::resize(pixels, target.0, target.1).unwrap();
+        let full = decoded(&jpeg);
+        let pixels = pixels::Pixels {
+            data: full.into_raw(),
+            width: 1600,
+            height: 1200,
+            layout: pixels::Layout::Rgb,
+        };
+        let via_full = resize::resize(pixels, target.0, target.1).unwrap();
+        let (a, b) = (
+            psnr(&via_dct.data, &reference),
+            psnr(&via_full.data, &reference),
+        );
+        assert!(
+            a >= b - 0.5,
+            "1/{denominator}: DCT-domain {a:.2} dB, full decode {b:.2} dB"
+        );
+    }
+    // The service takes that path for a box at most a quarter of the picture.
+    let out = compress(&jpeg, &boxed(Some(400), None, FormatChoice::Jpeg)).unwrap();
+    assert_eq!((out.width, out.height), (400, 300));
+    assert_eq!(out.codec, Codec::Pixels);
+}
+
+#[test]
+fn without_a_box_a_jpeg_still_takes_the_fast_path() {
+    let jpeg = jpeg_fixture(&photo_like(320, 240), 90);
+    let out = compress(&jpeg, &boxed(Some(320), Some(240), FormatChoice::Jpeg)).unwrap();
+    assert_eq!(out.codec, Codec::Requantized);
+}

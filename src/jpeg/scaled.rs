@@ -1,0 +1,175 @@
+//! Decoding to pixels at 1/2, 1/4 or 1/8 of the size, in the DCT domain: each 8x8 block of
+//! coefficients goes through a 4-, 2- or 1-point inverse DCT of its lowest frequencies, so a
+//! 12 MP photo bound for a 1200-pixel box never exists as 12 MP of pixels.
+//!
+//! A block's lowest N x N coefficients, put through an N-point inverse DCT with the 8-point
+//! transform's normalisation, give the block's picture low-passed and sampled at N x N points:
+//! the mean is exact, and what is lost is detail the smaller picture cannot show anyway.
+//! Subsampled chroma is decoded at a proportionally larger N (a 4:2:0 picture at 1/2 decodes
+//! its chroma with the full 8-point transform), so every plane comes out at the output's
+//! resolution and no chroma upsampling is needed.
+
+use super::parse;
+use super::{err, JpegError, ZIGZAG};
+
+/// A picture decoded at a reduced size: 8-bit gray (1 byte a pixel) or RGB (3).
+pub struct ScaledPixels {
+    pub data: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub channels: u8,
+}
+
+/// Decodes `jpeg` at 1/`denominator` of its size (2, 4 or 8), rounding up as libjpeg does.
+///
+/// Takes gray and YCbCr files whose sampling factors divide evenly at this scale; anything
+/// else (CMYK, RGB-coded, odd sampling) is refused with a reason, for a full decode instead.
+pub fn decode_scaled(jpeg: &[u8], denominator: u32) -> Result<ScaledPixels, JpegError> {
+    if !matches!(denominator, 2 | 4 | 8) {
+        return err(format!("cannot decode at 1/{denominator}"));
+    }
+    let img = parse::read_coefficients(jpeg)?;
+    let n = 8 / denominator as usize;
+    let hmax = img.comps.iter().map(|c| c.h).max().unwrap_or(1) as usize;
+    let vmax = img.comps.iter().map(|c| c.v).max().unwrap_or(1) as usize;
+    let width = (u32::from(img.width)).div_ceil(denominator);
+    let height = (u32::from(img.height)).div_ceil(denominator);
+    let mut planes = Vec::with_capacity(img.comps.len());
+    for c in &img.comps {
+        let (h, v) = (c.h as usize, c.v as usize);
+        if (n * hmax) % h != 0 || (n * vmax) % v != 0 {
+            return err("sampling factors do not divide at this scale");
+        }
+        let (nx, ny) = (n * hmax / h, n * vmax / v);
+        if nx > 8 || ny > 8 {
+            return err("chroma is subsampled more than this scale can undo");
+        }
+        planes.push(Plane::decode(c, nx, ny));
+    }
+    let (w, h) = (width as usize, height as usize);
+    let data = match planes.as_slice() {
+        [y] => {
+            let mut out = Vec::with_capacity(w * h);
+            for row in 0..h {
+                out.extend_from_slice(&y.row(row)[..w]);
+            }
+            out
+        }
+        [y, cb, cr] => ycbcr_to_rgb(y, cb, cr, w, h),
+        _ => return err(format!("{} components", planes.len())),
+    };
+    drop(img);
+    Ok(ScaledPixels {
+        data,
+        width,
+        height,
+        channels: if planes.len() == 1 { 1 } else { 3 },
+    })
+}
+
+/// One component's samples at the output's scale (whole blocks, so at least the picture's
+/// size).
+struct Plane {
+    data: Vec<u8>,
+    stride: usize,
+}
+
+impl Plane {
+    fn row(&self, y: usize) -> &[u8] {
+        &self.data[y * self.stride..(y + 1) * self.stride]
+    }
+
+    fn decode(c: &parse::Component, nx: usize, ny: usize) -> Plane {
+        let mx = basis(nx);
+        let my = basis(ny);
+        // Dequantisation in natural order, only where the reduced transform reads.
+        let mut q = [0f32; 64];
+        for (zz, &step) in c.qt.iter().enumerate() {
+            q[ZIGZAG[zz] as usize] = f32::from(step);
+        }
+        let stride = c.bw * nx;
+        let mut data = vec![0u8; stride * c.bh * ny];
+        let mut coef = [0f32; 64];
+        let mut tmp = [0f32; 64];
+        for by in 0..c.bh {
+            for bx in 0..c.bw {
+                let block = &c.coeffs[(by * c.bw + bx) * 64..][..64];
+                for (zz, &v) in block.iter().enumerate() {
+                    let k = ZIGZAG[zz] as usize;
+                    coef[k] = f32::from(v) * q[k];
+                }
+                // Rows: tmp[v][x] = sum over u of F[v][u] * mx[x][u], for the rows v < ny.
+                for v in 0..ny {
+                    for x in 0..nx {
+                        let mut s = 0.0;
+                        for u in 0..nx {
+                            s += coef[v * 8 + u] * mx[x * 8 + u];
+                        }
+                        tmp[v * 8 + x] = s;
+                    }
+                }
+                // Columns, then the level shift.
+                let base = by * ny * stride + bx * nx;
+                for y in 0..ny {
+                    let out = &mut data[base + y * stride..][..nx];
+                    for (x, o) in out.iter_mut().enumerate() {
+                        let mut s = 128.0;
+                        for v in 0..ny {
+                            s += tmp[v * 8 + x] * my[y * 8 + v];
+                        }
+                        *o = s.round().clamp(0.0, 255.0) as u8;
+                    }
+                }
+            }
+        }
+        Plane { data, stride }
+    }
+}
+
+/// The N-point inverse DCT's basis with the 8-point transform's scale: `m[x * 8 + u]` =
+/// C(u)/2 · cos((2x+1)uπ / 2N), C(0) = 1/√2, so that a block's mean survives any N.
+fn basis(n: usize) -> [f32; 64] {
+    let mut m = [0f32; 64];
+    for x in 0..n {
+        for u in 0..n {
+            let c = if u == 0 {
+                std::f64::consts::FRAC_1_SQRT_2
+            } else {
+                1.0
+            };
+            let angle = (2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / (2 * n) as f64;
+            m[x * 8 + u] = (c / 2.0 * angle.cos()) as f32;
+        }
+    }
+    m
+}
+
+/// JFIF's YCbCr to RGB, in fixed point with tables as libjpeg does it.
+fn ycbcr_to_rgb(y: &Plane, cb: &Plane, cr: &Plane, w: usize, h: usize) -> Vec<u8> {
+    const ONE: f64 = (1 << 16) as f64;
+    let fix = |x: f64| (x * ONE + 0.5) as i32;
+    let mut cr_r = [0i32; 256];
+    let mut cb_b = [0i32; 256];
+    let mut cr_g = [0i32; 256];
+    let mut cb_g = [0i32; 256];
+    for i in 0..256 {
+        let x = i as i32 - 128;
+        cr_r[i] = (fix(1.402) * x + (1 << 15)) >> 16;
+        cb_b[i] = (fix(1.772) * x + (1 << 15)) >> 16;
+        cr_g[i] = -fix(0.714_136_286) * x;
+        cb_g[i] = -fix(0.344_136_286) * x + (1 << 15);
+    }
+    let clamp = |v: i32| v.clamp(0, 255) as u8;
+    let mut out = vec![0u8; w * h * 3];
+    for row in 0..h {
+        let (ys, cbs, crs) = (&y.row(row)[..w], &cb.row(row)[..w], &cr.row(row)[..w]);
+        let line = &mut out[row * w * 3..][..w * 3];
+        for (x, px) in line.chunks_exact_mut(3).enumerate() {
+            let (l, b, r) = (i32::from(ys[x]), cbs[x] as usize, crs[x] as usize);
+            px[0] = clamp(l + cr_r[r]);
+            px[1] = clamp(l + ((cb_g[b] + cr_g[r]) >> 16));
+            px[2] = clamp(l + cb_b[b]);
+        }
+    }
+    out
+}
