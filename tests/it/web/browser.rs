@@ -267,7 +267,9 @@ impl Turn {
             .await
             .as_u64()
             .unwrap_or(900)
-            .clamp(600, 2400) as u32;
+            .clamp(600, 2400) as u32
+            // The window is taller than its viewport by the browser's own frame.
+            + 100;
         self.set_window_size(width, height).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let png = self.screenshot().await.unwrap();

@@ -435,6 +435,7 @@ function initRequest() {
     summary = s;
     const p = s.progress;
     setBadge($('#req-status'), s.status);
+    $('#summary').dataset.status = s.status;
     $('#req-times').textContent = `Uploaded ${when(s.createdAt)} · updated ${when(s.updatedAt)}`;
     const bar = $('#req-progress');
     bar.max = Math.max(p.totalImages, 1);
@@ -493,10 +494,16 @@ function initRequest() {
     }
     const meta = el('div', { class: 'meta' });
     if (isWebUrl(img.inputImageUrl)) {
-      meta.append(el('p', {}, 'Input: ',
-        el('a', { href: img.inputImageUrl, rel: 'noopener noreferrer', target: '_blank', text: img.inputImageUrl })));
+      meta.append(el('a', {
+        class: 'input',
+        href: img.inputImageUrl,
+        title: img.inputImageUrl,
+        rel: 'noopener noreferrer',
+        target: '_blank',
+        text: img.inputImageUrl.replace(/^https?:\/\//i, ''),
+      }));
     } else {
-      meta.append(el('p', { text: 'Input: ' + img.inputImageUrl }));
+      meta.append(el('p', { class: 'input', text: img.inputImageUrl }));
     }
     if (img.bytesIn !== null && img.bytesIn !== undefined && img.bytesOut !== null && img.bytesOut !== undefined) {
       const saved = img.bytesIn > 0 ? Math.round((1 - img.bytesOut / img.bytesIn) * 1000) / 10 : 0;
@@ -588,7 +595,7 @@ function initRequest() {
   const follow = async () => {
     if (following) return;
     following = true;
-    $('#req-live').textContent = 'Live';
+    $('#req-live').textContent = '· following live';
     let delay = 1000;
     try {
       while (!FINAL.has(summary.status)) {
