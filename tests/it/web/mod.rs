@@ -343,3 +343,101 @@ async fn a_key_sees_only_its_requests() {
     )
     .await;
 }
+
+/// Without a browser: the pages' policy and caching, the assets' names and ETags, and which
+/// answers are HTML and which JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_policy_assets_and_not_found() {
+    let db = TestDb::sqlite().await;
+    let app = TestApp::start(db.config()).await;
+    let id = app
+        .upload_ok(csv(&[("1", "Shirt", "https://example.com/a.jpg")]))
+        .await;
+    for path in ["/", "/requests", &format!("/requests/{id}")] {
+        let resp = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let h = resp.headers();
+        assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+        assert_eq!(h["cache-control"], "no-cache", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.starts_with(
+                "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'"
+            ),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        let page = resp.text().await.unwrap();
+        assert!(
+            !page.contains("style=") && !page.contains("<script>"),
+            "{path}"
+        );
+    }
+
+    // Assets: hashed names, a year of cache, ETag; an old name is gone.
+    let home = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let js = home
+        .split('"')
+        .find(|s| s.starts_with("/assets/app.") && s.ends_with(".js"))
+        .expect("the page names its script");
+    let resp = app.http.get(app.url(js)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(
+        resp.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let etag = resp.headers()["etag"].clone();
+    let again = app
+        .http
+        .get(app.url(js))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    let old = app
+        .http
+        .get(app.url("/assets/app.0000000000000000.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 404);
+
+    // Unknown request pages and paths: HTML for a browser, JSON for the rest; /api stays JSON.
+    let unknown = app.url("/requests/0193c1f4-0000-7000-8000-000000000000");
+    for (url, accept, status, html) in [
+        (unknown.clone(), "*/*", 404, true),
+        (app.url("/requests/not-an-id"), "*/*", 404, true),
+        (app.url("/no/such/page"), "text/html,*/*;q=0.8", 404, true),
+        (app.url("/no/such/page"), "*/*", 404, false),
+        (app.url("/api/nope"), "text/html", 404, false),
+    ] {
+        let resp = app
+            .http
+            .get(&url)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{url}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert_eq!(ct.starts_with("text/html"), html, "{url}: {ct}");
+        if html {
+            let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("style-src 'self'"), "{url}: {csp}");
+        }
+    }
+}
