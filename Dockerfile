@@ -8,7 +8,8 @@ FROM rust:1.89-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends nasm \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
+# askama.toml tells the template crate where the web page's templates are (src/api/web/templates).
+COPY Cargo.toml Cargo.lock build.rs askama.toml ./
 COPY src ./src
 COPY migrations ./migrations
 RUN cargo build --release --locked --features turbo && strip target/release/imgbatch

@@ -61,7 +61,7 @@ fn too_large_message(limit: usize, envelope: bool) -> String {
 }
 
 /// `20 MiB`, `512 KiB`, `900 bytes`: sizes as people read them.
-fn human_bytes(n: usize) -> String {
+pub(crate) fn human_bytes(n: usize) -> String {
     const KIB: usize = 1024;
     match n {
         n if n >= KIB * KIB && n % (KIB * KIB) == 0 => format!("{} MiB", n / (KIB * KIB)),

@@ -91,6 +91,11 @@ impl Storage {
         })
     }
 
+    /// The base of output URLs (`{public_url}/images`, or the bucket's public base).
+    pub fn url_base(&self) -> &str {
+        &self.url_base
+    }
+
     pub fn with_key_salt(mut self, salt: String) -> Self {
         self.key_salt = salt;
         self

@@ -5,7 +5,6 @@ mod auth;
 mod client_addr;
 mod events;
 mod health;
-mod home;
 mod lookup;
 pub mod openapi;
 mod output_csv;
@@ -17,6 +16,7 @@ mod status;
 pub mod status_cache;
 pub mod status_stream;
 mod upload;
+mod web;
 mod webhook_retry;
 
 use std::sync::Arc;
@@ -136,7 +136,7 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new();
     // A worker-only process answers health and metrics, not the API.
     if state.config.api {
-        app = app.nest("/api", api).route("/", get(home::home));
+        app = app.nest("/api", api).merge(web::router(&state));
     }
     let mut app = app
         .route("/healthz", get(health::healthz))
@@ -161,7 +161,7 @@ pub fn router(state: AppState) -> Router {
     }
     // The fallbacks first: the route layer then wraps every route and the 405 answers.
     let mut app = app
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .fallback(web::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(access_log::record_route));
     if let Some(dir) = state.config.storage_dir() {

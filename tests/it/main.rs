@@ -16,4 +16,5 @@ mod security;
 mod status;
 mod store_contract;
 mod upload;
+mod web;
 mod webhooks;
