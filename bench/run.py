@@ -170,16 +170,24 @@ def _ref_work(i: int) -> tuple[int, int]:
 
 def pillow_reference(images: list[InputImage], reps: int) -> dict:
     """Decode + flatten + encode q50 optimize=True for the same multiset, one process per core."""
+    return pool_reference(images, reps, "Pillow reference", _ref_init, _ref_work, warm=False)
+
+
+def pool_reference(images: list[InputImage], reps: int, phase: str, init, work, warm: bool) -> dict:
+    """Runs `work` over the multiset on one process per core and times it; `warm` runs a few
+    untimed first (a library that loads plugins on first use)."""
     global _REF_FILES
     _REF_FILES = [img.data for img in images]  # inherited by the forked workers (not timed)
     tasks = [i for _ in range(reps) for i in range(len(images))]
     procs = os.cpu_count() or 1
-    wait_quiet("Pillow reference")
+    wait_quiet(phase)
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(procs, initializer=_ref_init) as pool:
+    with ctx.Pool(procs, initializer=init) as pool:
         pool.map(_ref_noop, range(procs * 4))  # make sure every worker exists before timing
+        if warm:
+            pool.map(work, range(min(len(images), procs * 2)))
         t0 = time.perf_counter()
-        results = list(pool.imap_unordered(_ref_work, tasks, chunksize=1))
+        results = list(pool.imap_unordered(work, tasks, chunksize=1))
         wall = time.perf_counter() - t0
     pixels = sum(p for p, _ in results)
     return {
@@ -220,29 +228,9 @@ def vips_available() -> str | None:
 
 def vips_reference(images: list[InputImage], reps: int) -> dict:
     """The libvips loop: decode (sequential) + flatten + jpegsave Q50 optimize_coding, one
-    process per core, VIPS_CONCURRENCY=1 in each."""
-    global _REF_FILES
-    _REF_FILES = [img.data for img in images]
-    tasks = [i for _ in range(reps) for i in range(len(images))]
-    procs = os.cpu_count() or 1
+    process per core, VIPS_CONCURRENCY=1 in each (set before the workers fork)."""
     os.environ["VIPS_CONCURRENCY"] = "1"
-    wait_quiet("libvips reference")
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(procs, initializer=_vips_init) as pool:
-        pool.map(_ref_noop, range(procs * 4))
-        pool.map(_vips_work, range(min(len(images), procs * 2)))  # warm-up, not timed
-        t0 = time.perf_counter()
-        results = list(pool.imap_unordered(_vips_work, tasks, chunksize=1))
-        wall = time.perf_counter() - t0
-    pixels = sum(p for p, _ in results)
-    return {
-        "images": len(tasks),
-        "mp": pixels / 1e6,
-        "wall": wall,
-        "mps": pixels / 1e6 / wall,
-        "ips": len(tasks) / wall,
-        "procs": procs,
-    }
+    return pool_reference(images, reps, "libvips reference", _vips_init, _vips_work, warm=True)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
