@@ -82,6 +82,21 @@ pub(crate) fn coefficients(
     Front::new(pixels, width, height, layout, quality).run(&Scalar)
 }
 
+/// Every component's coefficients made with the kernels `k`, for tests comparing kernels on
+/// whole pictures (edges and padding included).
+#[cfg(test)]
+pub(crate) fn coefficients_with<K: Kernels>(
+    pixels: Vec<u8>,
+    width: u16,
+    height: u16,
+    layout: PixelLayout,
+    quality: u8,
+    k: &K,
+) -> Vec<Vec<i16>> {
+    let img = Front::new(pixels, width, height, layout, quality).run(k);
+    img.comps.into_iter().map(|c| c.coeffs).collect()
+}
+
 /// The per-pixel and per-block work, in a scalar and a vector form that compute the same.
 pub(crate) trait Kernels {
     /// One row of packed RGB (3 bytes a pixel) or RGBX (4) to Y, Cb and Cr samples, as many as

@@ -392,6 +392,23 @@ mod tests {
                 assert_eq!(s, v, "bpp {bpp} n {n}");
             }
         }
+        // Whole pictures, odd sizes: the strip loop, the padding and the tails of each row.
+        use super::super::forward::{coefficients_with, PixelLayout};
+        for (w, h) in [(1u16, 1u16), (37, 21), (77, 45)] {
+            for (layout, bpp) in [
+                (PixelLayout::Gray, 1),
+                (PixelLayout::Rgb, 3),
+                (PixelLayout::Rgbx, 4),
+            ] {
+                let n = usize::from(w) * usize::from(h) * bpp;
+                let px: Vec<u8> = (0..n).map(|_| xorshift(&mut x) as u8).collect();
+                assert!(
+                    coefficients_with(px.clone(), w, h, layout, 75, &Scalar)
+                        == coefficients_with(px, w, h, layout, 75, &k),
+                    "{w}x{h} {layout:?}"
+                );
+            }
+        }
         for n in [1usize, 15, 16, 17, 40] {
             let a: Vec<u8> = (0..2 * n).map(|_| xorshift(&mut x) as u8).collect();
             let b: Vec<u8> = (0..2 * n).map(|_| xorshift(&mut x) as u8).collect();
