@@ -170,16 +170,24 @@ def _ref_work(i: int) -> tuple[int, int]:
 
 def pillow_reference(images: list[InputImage], reps: int) -> dict:
     """Decode + flatten + encode q50 optimize=True for the same multiset, one process per core."""
+    return pool_reference(images, reps, "Pillow reference", _ref_init, _ref_work, warm=False)
+
+
+def pool_reference(images: list[InputImage], reps: int, phase: str, init, work, warm: bool) -> dict:
+    """Runs `work` over the multiset on one process per core and times it; `warm` runs a few
+    untimed first (a library that loads plugins on first use)."""
     global _REF_FILES
     _REF_FILES = [img.data for img in images]  # inherited by the forked workers (not timed)
     tasks = [i for _ in range(reps) for i in range(len(images))]
     procs = os.cpu_count() or 1
-    wait_quiet("Pillow reference")
+    wait_quiet(phase)
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(procs, initializer=_ref_init) as pool:
+    with ctx.Pool(procs, initializer=init) as pool:
         pool.map(_ref_noop, range(procs * 4))  # make sure every worker exists before timing
+        if warm:
+            pool.map(work, range(min(len(images), procs * 2)))
         t0 = time.perf_counter()
-        results = list(pool.imap_unordered(_ref_work, tasks, chunksize=1))
+        results = list(pool.imap_unordered(work, tasks, chunksize=1))
         wall = time.perf_counter() - t0
     pixels = sum(p for p, _ in results)
     return {
@@ -190,6 +198,39 @@ def pillow_reference(images: list[InputImage], reps: int) -> dict:
         "ips": len(tasks) / wall,
         "procs": procs,
     }
+
+
+# --- libvips reference (pyvips + pyvips-binary, libvips 8.18 with its own libjpeg-turbo and
+# libwebp): the library a user would pick instead (sharp, imgproxy). Same multiset, same
+# process count, inputs in memory before timing; one libvips thread per process.
+def _vips_init() -> None:
+    _ref_init()
+    import pyvips  # noqa: F401  imported in the worker, after VIPS_CONCURRENCY is set
+
+
+def _vips_work(i: int) -> tuple[int, int]:
+    import pyvips
+    im = pyvips.Image.new_from_buffer(_REF_FILES[i], "", access="sequential")
+    if im.hasalpha():
+        im = im.flatten(background=[255])
+    # keep=0 (VIPS_FOREIGN_KEEP_NONE) is libvips 8.15+'s spelling of strip=True.
+    out = im.jpegsave_buffer(Q=QUALITY, optimize_coding=True, keep=0)
+    return im.width * im.height, len(out)
+
+
+def vips_available() -> str | None:
+    try:
+        import pyvips
+        return f"{pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}"
+    except Exception:  # noqa: BLE001  (not installed, or its library missing)
+        return None
+
+
+def vips_reference(images: list[InputImage], reps: int) -> dict:
+    """The libvips loop: decode (sequential) + flatten + jpegsave Q50 optimize_coding, one
+    process per core, VIPS_CONCURRENCY=1 in each (set before the workers fork)."""
+    os.environ["VIPS_CONCURRENCY"] = "1"
+    return pool_reference(images, reps, "libvips reference", _vips_init, _vips_work, warm=True)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -900,6 +941,11 @@ def build_report(meta: dict, results: list[dict], skipped: list[str]) -> str:
                      f"{'Pillow ×' + str(ref['procs']) + ' procs ' + fmt(ref['mps']) if ref else 'n/a'}"
                      f" | {fmt(ratio, 2) if ratio else 'n/a'} | ≥ {bound:.1f} | "
                      f"{verdict(bool(ratio) and ratio >= bound and not errs and tp['status'] == 'completed')} |")
+            vips = res.get("vips")
+            if vips:
+                L.append(f"| throughput against libvips {meta.get('vips', '')} ×{vips['procs']} procs "
+                         f"(VIPS_CONCURRENCY=1) | {db} | {fmt(tp['mps'])} | {fmt(vips['mps'])} | "
+                         f"{fmt(tp['mps'] / vips['mps'], 2)} | info | — |")
             L.append(f"| throughput, images/s | {db} | {fmt(tp['ips'])} | "
                      f"{fmt(ref['ips']) if ref else 'n/a'} | "
                      f"{fmt(tp['ips'] / ref['ips'], 2) if ref else 'n/a'} | info | — |")
@@ -917,6 +963,10 @@ def build_report(meta: dict, results: list[dict], skipped: list[str]) -> str:
                      f"{tp['mp']:.0f} MP, {tp['wall']:.1f} s{note}) | {db} | {fmt(tp['mps'])} | "
                      f"Pillow ×{ref['procs']} procs {fmt(ref['mps'])} | {fmt(ratio, 2)} | {bound} | "
                      f"{verdict(ok and ratio >= JPEG_THROUGHPUT_BOUND) if not meta['turbo_build'] else verdict(ok) if not ok else '—'} |")
+            if jp.get("vips"):
+                v = jp["vips"]
+                L.append(f"| JPEGs only against libvips ×{v['procs']} procs | {db} | {fmt(tp['mps'])} | "
+                         f"{fmt(v['mps'])} | {fmt(tp['mps'] / v['mps'], 2)} | info | — |")
         mem = res.get("memory")
         if mem:
             if "missing" in mem:
@@ -1109,6 +1159,9 @@ def run_database(kind: str, args, binary: Path, tmp: Path, origin: Origin,
                         ref = pillow_reference(images, reps)
                         res["reference"] = ref
                         log(f"[{kind}] reference: {ref['mps']:.1f} MP/s, {ref['wall']:.1f} s")
+                        if vips_available():
+                            res["vips"] = vips_reference(images, reps)
+                            log(f"[{kind}] libvips: {res['vips']['mps']:.1f} MP/s")
                         log(f"[{kind}] size and quality")
                         res["size"] = measure_size_quality(svc, origin, images, final,
                                                            pillow_cache)
@@ -1122,6 +1175,8 @@ def run_database(kind: str, args, binary: Path, tmp: Path, origin: Origin,
                                                    max(120.0, jmp * jreps), tag="j")
                         ref = pillow_reference(jpegs, jreps)
                         res["jpeg"] = {"service": tp, "reference": ref}
+                        if vips_available():
+                            res["jpeg"]["vips"] = vips_reference(jpegs, jreps)
                         log(f"[{kind}] JPEG only: {tp['mps']:.1f} MP/s vs Pillow "
                             f"{ref['mps']:.1f} MP/s = {tp['mps'] / ref['mps']:.2f}x")
                     if "status" in phases:
@@ -1250,6 +1305,7 @@ def main() -> int:
             "dir": args.images,
             "pillow": PIL.__version__,
             "turbo": pil_features.version("libjpeg_turbo") or "absent",
+            "vips": vips_available() or "absent",
             "build": "release" + (f" --features {','.join(args.feature)}" if args.feature else "")
                      + (" (--no-build)" if args.no_build else ""),
             "turbo_build": "turbo" in args.feature,

@@ -108,7 +108,9 @@ fn decode_memory(bytes: &[u8]) -> u64 {
 }
 
 /// What encoding the pixels holds at its peak, given the bytes of the pixels it encodes. The
-/// pure-Rust encoder frees the pixels before its Huffman pass holds the output's coefficients.
+/// pure-Rust encoder (`jpeg::encode_pixels`) makes the coefficients an MCU row at a time from
+/// the bottom up and cuts the pixel buffer down behind them (in steps of at most an eighth), so
+/// it holds about the larger of the two, never both.
 /// libjpeg (`turbo`) keeps every coefficient for its optimised tables while the caller still
 /// holds the pixels, and writes into a buffer of about an eighth of them: measured 204-210 MB
 /// peak RSS over the 12 MP batch when this counted only the coefficients.

@@ -18,6 +18,9 @@
 //! mean (arithmetic coding, 12-bit, lossless, CMYK/YCCK, Adobe RGB transform, ...) are refused
 //! with a reason, so the caller can take the pixel path.
 //!
+//! A third operation, [`encode_pixels`], is the pixel path's encoder: pixels to quantised
+//! coefficients (`forward`, with AVX2 kernels in `forward_x86`), written by the same writer.
+//!
 //! Layout: `bitread` (entropy-coded segment reader), `huffman` (decode tables, optimal table
 //! construction, encode tables), `parse` (markers and the scan loop), `decode` (scan decoding
 //! into coefficient buffers), `requant` (rescaling to the target tables), `resample` (chroma
@@ -27,6 +30,9 @@
 mod bitread;
 mod decode;
 mod encode;
+mod forward;
+#[cfg(target_arch = "x86_64")]
+mod forward_x86;
 mod huffman;
 mod parse;
 mod requant;
@@ -37,6 +43,7 @@ mod strip;
 #[cfg(test)]
 mod tests;
 
+pub use forward::{encode_pixels, PixelLayout};
 pub(crate) use parse::{check_structure, StructureProblem};
 pub use scaled::{decode_scaled, ScaledPixels};
 pub use strip::{orientation_exif, strip_metadata, with_color_and_orientation};

@@ -906,3 +906,101 @@ fn downsampled_chroma_matches_pixel_reencode() {
     );
     assert!(failures.is_empty(), "over the bounds: {failures:#?}");
 }
+
+/// The pixel encoder (`encode_pixels`) against the one it replaced (`pixel_path`: jpeg-encoder
+/// plus our Huffman pass), on generated pictures of awkward sizes: same quality, same size, in
+/// gray, RGB and RGBX, and every output readable by `image`.
+#[test]
+fn pixel_encoder_matches_the_one_it_replaced() {
+    for (w, h) in [(1u16, 1u16), (17, 9), (77, 45), (256, 170)] {
+        let rgb = photo(u32::from(w), u32::from(h), u64::from(w) * 7 + u64::from(h));
+        for grayscale in [false, true] {
+            let px = if grayscale { gray(&rgb) } else { rgb.clone() };
+            for q in [30u8, 50, 75, 90] {
+                let old = pixel_path(&px, w, h, q, grayscale);
+                let layout = if grayscale {
+                    PixelLayout::Gray
+                } else {
+                    PixelLayout::Rgb
+                };
+                let new = encode_pixels(px.clone(), w, h, layout, q).unwrap();
+                let (dw, dh, decoded) = decode(&new);
+                assert_eq!((dw, dh), (u32::from(w), u32::from(h)));
+                let label = format!("{w}x{h} gray={grayscale} q{q}");
+                if !grayscale {
+                    let rgbx: Vec<u8> = px.chunks(3).flat_map(|p| [p[0], p[1], p[2], 9]).collect();
+                    let x = encode_pixels(rgbx, w, h, PixelLayout::Rgbx, q).unwrap();
+                    assert_eq!(x, new, "{label}: RGBX and RGB differ");
+                }
+                if w * h < 1000 {
+                    continue; // too few pixels for sizes to compare meaningfully
+                }
+                let (p_old, p_new) = (psnr(&px, &decode(&old).2), psnr(&px, &decoded));
+                let ratio = new.len() as f64 / old.len() as f64;
+                assert!(p_new > p_old - 0.1, "{label}: {p_new:.2} dB vs {p_old:.2}");
+                assert!(
+                    ratio < 1.02,
+                    "{label}: {} vs {} bytes",
+                    new.len(),
+                    old.len()
+                );
+            }
+        }
+    }
+}
+
+/// The same comparison on real photos, with timings: `cargo test --release --lib
+/// pixel_encoder_on_photos -- --ignored --nocapture` (images from `PIXEL_BENCH_DIR`, default
+/// /work/shared/bench-images; every file `image` decodes).
+#[test]
+#[ignore = "benchmark; needs the bench images and a release build"]
+fn pixel_encoder_on_photos() {
+    let dir = std::env::var("PIXEL_BENCH_DIR").unwrap_or("/work/shared/bench-images".into());
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    let time = |f: &mut dyn FnMut() -> Vec<u8>| {
+        let mut best = f64::MAX;
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            out = f();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        (out, best)
+    };
+    let (mut sum_old, mut sum_new) = (0.0, 0.0);
+    for path in paths {
+        let Ok(img) = image::open(&path) else {
+            continue;
+        };
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (w, h) = (img.width() as u16, img.height() as u16);
+        let px = img.to_rgb8().into_raw();
+        let mp = f64::from(w) * f64::from(h) / 1e6;
+        for q in [30u8, 50, 75, 90] {
+            let (old, t_old) = time(&mut || pixel_path(&px, w, h, q, false));
+            let (new, t_new) =
+                time(&mut || encode_pixels(px.clone(), w, h, PixelLayout::Rgb, q).unwrap());
+            // The copy is part of neither encoder's work.
+            let copy = time(&mut || px.clone()).1;
+            let t_new = (t_new - copy).max(1e-9);
+            sum_old += t_old;
+            sum_new += t_new;
+            let (p_old, p_new) = (psnr(&px, &decode(&old).2), psnr(&px, &decode(&new).2));
+            println!(
+                "{name} q{q}: bytes {:.4}x ({} -> {}), PSNR {:+.3} dB ({p_old:.2} -> {p_new:.2}), \
+                 {:.0} -> {:.0} MP/s",
+                new.len() as f64 / old.len() as f64,
+                old.len(),
+                new.len(),
+                p_new - p_old,
+                mp / t_old,
+                mp / t_new
+            );
+        }
+    }
+    println!("total encode time: {sum_old:.3} s -> {sum_new:.3} s");
+}
