@@ -37,7 +37,7 @@ pub fn decode_scaled(jpeg: &[u8], denominator: u32) -> Result<ScaledPixels, Jpeg
     let mut planes = Vec::with_capacity(img.comps.len());
     for c in &img.comps {
         let (h, v) = (c.h as usize, c.v as usize);
-        if (n * hmax) % h != 0 || (n * vmax) % v != 0 {
+        if !(n * hmax).is_multiple_of(h) || !(n * vmax).is_multiple_of(v) {
             return err("sampling factors do not divide at this scale");
         }
         let (nx, ny) = (n * hmax / h, n * vmax / v);

@@ -7,6 +7,7 @@ mod bundle;
 mod client;
 mod crash;
 mod logs;
+mod options;
 mod outputs;
 mod pipeline;
 mod requests;
