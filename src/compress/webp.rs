@@ -6,9 +6,9 @@ use super::CompressError;
 /// WebP's largest side.
 pub(super) const WEBP_MAX_DIMENSION: u32 = 16_383;
 
-/// The WebP quality that looks like JPEG quality `q`: libwebp's scale runs higher for the same
-/// look (at equal SSIMULACRA2 on the bench photos, WebP needs about 8-10 points more than
-/// libjpeg-turbo in the 40-80 range); docs/api.md#formats has the table this follows.
+/// The WebP quality meant to look like JPEG quality `q`: libwebp's scale is commonly held to
+/// run a few points higher for the same look. A provisional mapping, not yet calibrated here
+/// (docs/api.md#formats): measuring it at equal SSIMULACRA2 on the bench photos is open work.
 pub(super) fn webp_quality(jpeg_quality: u8) -> f32 {
     let q = f32::from(jpeg_quality.clamp(1, 100));
     (q + 10.0 * (1.0 - q / 100.0) * (q / 50.0).min(1.0)).clamp(1.0, 100.0)
