@@ -120,6 +120,11 @@ impl Api {
         }
         if let Some(errors) = body["errors"].as_array() {
             for e in errors {
+                if let Some(field) = e["field"].as_str() {
+                    let message = e["message"].as_str().unwrap_or("");
+                    msg.push_str(&format!("\n  {field}: {message}"));
+                    continue;
+                }
                 let column = e["column"]
                     .as_str()
                     .map(|c| format!(", {c}"))
@@ -187,8 +192,17 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<Outcome> {
             .file_name(name)
             .mime_str("text/csv")?,
     );
-    if let Some(w) = &args.webhook_url {
-        form = form.text("webhookUrl", w.clone());
+    // The service checks the options (one set of rules, and its 400 names the bad field).
+    for (field, value) in [
+        ("webhookUrl", &args.webhook_url),
+        ("quality", &args.quality),
+        ("maxWidth", &args.max_width),
+        ("maxHeight", &args.max_height),
+        ("format", &args.format),
+    ] {
+        if let Some(v) = value {
+            form = form.text(field, v.clone());
+        }
     }
     let mut req = api
         .request(reqwest::Method::POST, "/api/upload")

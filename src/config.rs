@@ -102,6 +102,18 @@ pub struct SubmitArgs {
     /// Idempotency key, to make a retried submit return the first request.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Output quality, 1-100 on JPEG's scale (default: the service's IMGBATCH_QUALITY).
+    #[arg(long)]
+    pub quality: Option<String>,
+    /// Outputs fit inside this width in pixels, aspect ratio kept, never enlarged.
+    #[arg(long)]
+    pub max_width: Option<String>,
+    /// Outputs fit inside this height in pixels, aspect ratio kept, never enlarged.
+    #[arg(long)]
+    pub max_height: Option<String>,
+    /// Output format: jpeg, webp, or auto (the smaller of the two, per image).
+    #[arg(long)]
+    pub format: Option<String>,
     /// Follow the request with a progress bar until it settles; the exit code tells how it
     /// ended (see below).
     #[arg(long)]

@@ -424,3 +424,78 @@ db_test!(list_cancel_and_retry_from_the_command_line, |db| {
         text(&out)
     );
 });
+
+/// `submit --quality --max-width --max-height --format` reach the service as the upload's
+/// options; a bad one comes back as the service's 400 with the field named. (The options
+/// themselves are checked on both databases in tests/it/options.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_passes_the_options_and_shows_their_errors() {
+    let db = crate::common::TestDb::sqlite().await;
+    let origin = Origin::start().await;
+    let big = origin.put("a.png", "image/png", origin::png(300, 200));
+    let app = TestApp::start(db.config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, csv(&[("1", "A", &big)])).unwrap();
+    let path = input.to_str().unwrap();
+
+    let out = run(&[
+        "submit",
+        path,
+        "--server",
+        &app.base,
+        "--wait",
+        "--quality",
+        "60",
+        "--max-width",
+        "120",
+        "--max-height",
+        "100",
+        "--format",
+        "WebP",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = run(&["status", &id, "--server", &app.base, "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["options"],
+        serde_json::json!({"quality": 60, "maxWidth": 120, "maxHeight": 100, "format": "webp"})
+    );
+    let image = &status["products"][0]["images"][0];
+    assert_eq!(image["format"], "webp", "{status}");
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(120), Some(80))
+    );
+
+    let out = run(&[
+        "submit",
+        path,
+        "--server",
+        &app.base,
+        "--quality",
+        "0",
+        "--format",
+        "gif",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("400")
+            && stderr.contains("Invalid options")
+            && stderr.contains("\n  quality: ")
+            && stderr.contains("\n  format: ")
+            && !stderr.contains("line null"),
+        "{}",
+        text(&out)
+    );
+}
