@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::AppState;
+use super::{lookup, AppState};
 use crate::core::{Core, RequestRow};
 use crate::domain::{Owner, RequestId};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -53,6 +53,7 @@ const POLL: Duration = Duration::from_secs(1);
         (status = 200, description = "Server-Sent Events: `progress` and a final `status`, each with a RequestSummary as data", body = LiveEvent, content_type = "text/event-stream"),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Request ID not found", body = ErrorBody),
+        (status = 410, description = "The request was deleted by retention", body = ErrorBody),
         (status = 429, description = "Rate limit", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
@@ -64,11 +65,9 @@ pub async fn events(
     Path(raw_id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
-    let first = state
-        .core
-        .request_row(id, &owner)
-        .await?
-        .ok_or_else(ApiError::request_not_found)?;
+    let Some(first) = state.core.request_row(id, &owner).await? else {
+        return Err(lookup::missing(&state.core, id, &owner).await);
+    };
     let (tx, rx) = futures::channel::mpsc::channel(2);
     tokio::spawn(follow(
         state.core.clone(),

@@ -9,7 +9,7 @@ use base64::Engine;
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
+use super::{lookup, AppState};
 use crate::core::{CancelOutcome, ListAfter, RetryOutcome};
 use crate::domain::{Owner, RequestId, Status};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -188,6 +188,7 @@ fn decode_cursor(cursor: &str) -> Option<ListAfter> {
         (status = 200, description = "The request, cancelled", body = RequestSummary),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Request ID not found", body = ErrorBody),
+        (status = 410, description = "The request was deleted by retention", body = ErrorBody),
         (status = 409, description = "The request has finished already", body = ErrorBody),
         (status = 429, description = "Rate limit", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
@@ -201,7 +202,7 @@ pub async fn cancel(
 ) -> ApiResult<Json<RequestSummary>> {
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
     match state.core.cancel_request(id, &owner).await? {
-        None => Err(ApiError::request_not_found()),
+        None => Err(lookup::missing(&state.core, id, &owner).await),
         Some(CancelOutcome::Cancelled(row)) => Ok(Json(RequestSummary::of(&row))),
         Some(CancelOutcome::Finished(status)) => Err(ApiError::Conflict(format!(
             "the request has already finished ({status}); only a pending or processing \
@@ -230,6 +231,7 @@ pub async fn cancel(
         (status = 400, description = "A bad body or error code", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Request ID not found", body = ErrorBody),
+        (status = 410, description = "The request was deleted by retention", body = ErrorBody),
         (status = 409, description = "No image to retry", body = ErrorBody),
         (status = 429, description = "Rate limit", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
@@ -246,7 +248,7 @@ pub async fn retry(
     let codes = retry_codes(query.as_deref().unwrap_or(""), &body)?;
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
     match state.core.retry_request(id, &owner, codes.clone()).await? {
-        None => Err(ApiError::request_not_found()),
+        None => Err(lookup::missing(&state.core, id, &owner).await),
         Some(RetryOutcome::Requeued { request, images }) => Ok(Json(RetryAnswer {
             request: RequestSummary::of(&request),
             requeued_images: images,

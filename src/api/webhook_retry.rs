@@ -3,7 +3,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 
-use super::AppState;
+use super::{lookup, AppState};
 use crate::core::WebhookRetry;
 use crate::domain::Owner;
 use crate::domain::RequestId;
@@ -24,6 +24,7 @@ pub struct MessageBody {
         (status = 202, description = "Queued", body = MessageBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Request ID not found", body = ErrorBody),
+        (status = 410, description = "The request was deleted by retention", body = ErrorBody),
         (status = 409, description = "No delivery, or it has not failed", body = ErrorBody),
         (status = 429, description = "Rate limit", body = ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = ErrorBody),
@@ -37,7 +38,7 @@ pub async fn retry(
 ) -> ApiResult<(StatusCode, Json<MessageBody>)> {
     let id = RequestId::parse(&raw_id).ok_or_else(ApiError::request_not_found)?;
     match state.core.retry_webhook(id, &owner).await? {
-        None => Err(ApiError::request_not_found()),
+        None => Err(lookup::missing(&state.core, id, &owner).await),
         Some(WebhookRetry::Queued) => Ok((
             StatusCode::ACCEPTED,
             Json(MessageBody {

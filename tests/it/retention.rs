@@ -110,6 +110,18 @@ db_test!(
                 "{body}"
             );
         }
+        // The endpoints that act on a request say the same.
+        for path in [
+            "requests/{id}/cancel",
+            "requests/{id}/retry",
+            "requests/{id}/webhook/retry",
+        ] {
+            let path = format!("/api/{}", path.replace("{id}", &old));
+            let code = app.http.post(app.url(&path)).send().await.unwrap().status();
+            assert_eq!(code, 410, "{path}");
+        }
+        let events = format!("/api/requests/{old}/events");
+        assert_eq!(get(&app, &events).await.0, 410, "{events}");
         // Rows and output gone; the tombstone kept.
         assert_eq!(rows_of(&db, &old).await, 0);
         assert!(
