@@ -115,6 +115,29 @@ mod tests {
             schemas["InvalidUploadBody"]["example"]["errors"][0]["line"],
             3
         );
+        // The per-upload options, as form fields and as query parameters; shown in status.
+        let upload = &doc["paths"]["/api/upload"]["post"];
+        let query: Vec<&str> = upload["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        for option in ["quality", "maxWidth", "maxHeight", "format"] {
+            assert!(
+                schemas["UploadForm"]["properties"][option].is_object(),
+                "form field {option}"
+            );
+            assert!(
+                query.contains(&option),
+                "query parameter {option}: {query:?}"
+            );
+        }
+        assert!(
+            schemas["StatusBody"]["properties"]["options"].is_object(),
+            "options in the status body"
+        );
         let codes: Vec<&str> = schemas["ErrorCode"]["enum"]
             .as_array()
             .unwrap()

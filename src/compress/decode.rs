@@ -101,6 +101,48 @@ fn recompress(
     }
 }
 
+/// The EXIF orientation a JPEG's header states (none: as stored).
+fn exif_orientation(info: &crate::jpeg::Info) -> Orientation {
+    info.exif_orientation
+        .and_then(|o| Orientation::from_exif(o as u8))
+        .unwrap_or(Orientation::NoTransforms)
+}
+
+/// The factor a JPEG is decoded smaller by in the DCT domain before the box's filter (2), or
+/// None for a full decode.
+///
+/// The 1/2 decode runs each block's lowest 4x4 frequencies through a 4-point inverse DCT: its
+/// error is in what the box's Lanczos3 filter then keeps, so it shrinks as that filter's own
+/// reduction grows. Measured on a 3 MP photo re-encoded at q92 (the 1/2 decode + Lanczos3
+/// against a full decode + Lanczos3, both against the source resized by Lanczos3): 1.1 dB
+/// below at 3.3x in all (1.67x left for the filter), 2.2 dB at 2.5x, 3.5 dB at 2.2x; at q75
+/// 0.25, 0.5 and 0.8 dB; with 2x left, within 0.5 dB (`compress::options_tests`). Those
+/// 50 dB-level errors vanish under an output encoder's own (q50 here: 35-40 dB); where the
+/// output is kept near-lossless they would not, so the shortcut asks for a 2x filter above
+/// quality 85 and 1.5x at or below it (the output stays within 0.5 dB of a full decode's:
+/// `compress::options_tests`). 1/4 and 1/8 measured 2.3 dB below a full decode even with 2x
+/// left: never taken.
+pub(super) fn dct_reduction(info: &crate::jpeg::Info, opts: &CompressOptions) -> Option<u32> {
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    let turned = matches!(
+        exif_orientation(info),
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    // The box applies to the picture as shown; here it is turned back to the stored one.
+    let (tw, th) = if turned {
+        let (a, b) = opts.size_box.fit(h, w);
+        (b, a)
+    } else {
+        opts.size_box.fit(w, h)
+    };
+    let left = |full: u32, target: u32| f64::from(full.div_ceil(2)) / f64::from(target.max(1));
+    let needed = if opts.quality <= 85 { 1.5 } else { 2.0 };
+    (left(w, tw) >= needed && left(h, th) >= needed).then_some(2)
+}
+
 /// Per-call context shared by the format-specific steps.
 pub(super) struct Job<'a> {
     pub(super) bytes: &'a [u8],
@@ -215,40 +257,17 @@ impl Job<'_> {
         self.finish(pixels, orientation, color)
     }
 
-    /// A JPEG that the box shrinks by four or more, decoded at 1/2 in the DCT domain (when
-    /// that is still at least twice the box's size, as libvips and
-    /// Pillow choose: a block-wise reduction straight to the box's size measured 2.5 dB below
-    /// a full decode and Lanczos3), then finished as any other. None when the box does not call for it or the coefficient reader refuses the
-    /// file (CMYK, RGB-coded...): the full decode takes it then.
+    /// A JPEG the box shrinks enough, decoded at 1/2 in the DCT domain (see
+    /// [`dct_reduction`]), then finished as any other. None when the box does not call for it
+    /// or the coefficient reader refuses the file (CMYK, RGB-coded...): the full decode takes
+    /// it then.
     fn jpeg_scaled(&self, bytes: &[u8]) -> Result<Option<Made>, CompressError> {
         let Ok(info) = crate::jpeg::info(bytes) else {
             return Ok(None);
         };
         let (w, h) = (u32::from(info.width), u32::from(info.height));
-        let orientation = info
-            .exif_orientation
-            .and_then(|o| Orientation::from_exif(o as u8))
-            .unwrap_or(Orientation::NoTransforms);
-        let turned = matches!(
-            orientation,
-            Orientation::Rotate90
-                | Orientation::Rotate270
-                | Orientation::Rotate90FlipH
-                | Orientation::Rotate270FlipH
-        );
-        // The box applies to the picture as shown; here it is turned back to the stored one.
-        let (tw, th) = if turned {
-            let (a, b) = self.opts.size_box.fit(h, w);
-            (b, a)
-        } else {
-            self.opts.size_box.fit(w, h)
-        };
-        // 1/4 and 1/8 (2- and 1-point transforms) measured 2.3 dB below the full decode: only
-        // the 4-point one is within the 0.5 dB bound.
-        let Some(denominator) = [2u32]
-            .into_iter()
-            .find(|&d| w.div_ceil(d) >= 2 * tw && h.div_ceil(d) >= 2 * th)
-        else {
+        let orientation = exif_orientation(&info);
+        let Some(denominator) = dct_reduction(&info, self.opts) else {
             return Ok(None);
         };
         self.check_header(w, h)?;

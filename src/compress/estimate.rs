@@ -16,24 +16,35 @@ use super::{sniff, takes_fast_path, CompressOptions, FormatChoice, InputFormat, 
 /// never held together (see `encode_pure_rust`), so the pixel path costs the larger of the two.
 /// A header that cannot be read costs nothing: compressing it fails at that same header.
 pub fn working_memory(bytes: &[u8], opts: &CompressOptions) -> u64 {
-    let decode = decode_memory(bytes);
     if opts.size_box == SizeBox::NONE && opts.format == FormatChoice::Jpeg {
-        return decode;
+        return decode_memory(bytes);
     }
-    let Ok((w, h)) = image::ImageReader::new(Cursor::new(bytes))
+    let scaled = scaled_decode_memory(bytes, opts);
+    let (decode, reduced) = scaled.unwrap_or_else(|| (decode_memory(bytes), 1));
+    let Ok(decoder) = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|_| ())
-        .and_then(|r| r.into_dimensions().map_err(|_| ()))
+        .and_then(|r| r.into_decoder().map_err(|_| ()))
     else {
         return decode;
+    };
+    let (w, h) = decoder.dimensions();
+    // Bytes a pixel from the decoder on: gray, RGB, or 4 with alpha (or CMYK) on the way.
+    let color = decoder.color_type();
+    let bpp = if color.has_alpha() || color.channel_count() > 3 {
+        4
+    } else if color.has_color() {
+        3
+    } else {
+        1
     };
     // Either orientation: the box applies to the picture as shown.
     let (a, b) = opts.size_box.fit(w, h);
     let (c, d) = opts.size_box.fit(h, w);
-    let out = (u64::from(a) * u64::from(b)).max(u64::from(c) * u64::from(d)) * 4;
+    let out = (u64::from(a) * u64::from(b)).max(u64::from(c) * u64::from(d)) * bpp;
     // The resized copy, and the filter's intermediate: the source's rows at the output's width.
     let resize = if opts.size_box.shrinks(w, h) || opts.size_box.shrinks(h, w) {
-        out + u64::from(w.max(h)) * u64::from(a.max(b).max(c).max(d)) * 4
+        out + u64::from(w.max(h).div_ceil(reduced)) * u64::from(a.max(b).max(c).max(d)) * bpp
     } else {
         0
     };
@@ -41,9 +52,34 @@ pub fn working_memory(bytes: &[u8], opts: &CompressOptions) -> u64 {
     let webp = if opts.format == FormatChoice::Jpeg {
         0
     } else {
-        out * 3 / 2
+        out / bpp * 6
     };
-    decode + resize + webp
+    // The decoder's scratch is gone by the time the box's filter runs: only the decoded
+    // pixels are held then, beside the filter's buffers and the encoder.
+    let held = u64::from(w.div_ceil(reduced)) * u64::from(h.div_ceil(reduced)) * bpp;
+    decode.max(held + resize + webp)
+}
+
+/// What the DCT-domain 1/2 decode holds, when the box sends a JPEG there (the same decision
+/// as `decode::dct_reduction`): one plane per component at the reduced size and the
+/// interleaved pixels made from them, with every coefficient too unless the file is read an
+/// MCU row at a time (`jpeg::Info::streams`: a sequential file, the usual case); and the
+/// factor.
+fn scaled_decode_memory(bytes: &[u8], opts: &CompressOptions) -> Option<(u64, u32)> {
+    if sniff(bytes).ok()? != InputFormat::Jpeg {
+        return None;
+    }
+    let info = crate::jpeg::info(bytes).ok()?;
+    let reduced = super::decode::dct_reduction(&info, opts)?;
+    let d = u64::from(reduced);
+    let pixels = u64::from(info.width).div_ceil(d) * u64::from(info.height).div_ceil(d);
+    let channels = info.components.len().min(3) as u64;
+    let coefficients = if info.streams {
+        0
+    } else {
+        jpeg_coefficient_bytes(&info)
+    };
+    Some((coefficients + 2 * pixels * channels, reduced))
 }
 
 /// [`working_memory`] at the input's size, as JPEG.

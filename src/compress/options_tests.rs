@@ -149,6 +149,50 @@ fn dct_domain_downscale_is_within_half_a_db_of_a_full_decode() {
     assert_eq!(out.codec, Codec::Pixels);
 }
 
+/// With 1.5-2x left for the filter, the 1/2 decode is taken only at qualities up to 85, where
+/// the output's own coding error hides its own: the output's PSNR stays within 0.5 dB of what
+/// a full decode and the same filter and encoder make (here: the full decode handed over as a
+/// PNG, which goes the same way).
+#[test]
+fn dct_domain_downscale_with_less_left_for_the_filter_keeps_the_output_within_half_a_db() {
+    let source = photo_like(1600, 1200);
+    let jpeg = jpeg_fixture(&source, 92);
+    let full_png = encode_as(decoded(&jpeg), ImageFormat::Png);
+    let info = crate::jpeg::info(&jpeg).unwrap();
+    // 1600 -> 480: 3.3x in all, 1.67x after the 1/2 decode.
+    let reference = image::imageops::resize(&source, 480, 360, FilterType::Lanczos3);
+    for quality in [50u8, 85] {
+        let opts = CompressOptions {
+            quality,
+            ..boxed(Some(480), None, FormatChoice::Jpeg)
+        };
+        assert_eq!(decode::dct_reduction(&info, &opts), Some(2), "q{quality}");
+        let via_dct = compress(&jpeg, &opts).unwrap();
+        let via_full = compress(&full_png, &opts).unwrap();
+        assert_eq!((via_dct.width, via_dct.height), (480, 360));
+        let (a, b) = (
+            psnr(decoded(&via_dct.bytes).as_raw(), &reference),
+            psnr(decoded(&via_full.bytes).as_raw(), &reference),
+        );
+        assert!(
+            a >= b - 0.5,
+            "q{quality}: DCT-domain {a:.2} dB, full decode {b:.2} dB"
+        );
+    }
+    // Above 85 the output would show it: a full decode.
+    let opts = CompressOptions {
+        quality: 90,
+        ..boxed(Some(480), None, FormatChoice::Jpeg)
+    };
+    assert_eq!(decode::dct_reduction(&info, &opts), None);
+    // 2x left: taken at any quality.
+    let opts = CompressOptions {
+        quality: 100,
+        ..boxed(Some(400), None, FormatChoice::Jpeg)
+    };
+    assert_eq!(decode::dct_reduction(&info, &opts), Some(2));
+}
+
 #[test]
 fn without_a_box_a_jpeg_still_takes_the_fast_path() {
     let jpeg = jpeg_fixture(&photo_like(320, 240), 90);

@@ -3,7 +3,7 @@
 use super::bitread::BitReader;
 use super::encode::nonzero_mask;
 use super::huffman::DecodeTable;
-use super::parse::Image;
+use super::parse::{Image, RowSink};
 use super::{err, JpegError};
 
 pub(crate) struct ScanParams<'a> {
@@ -26,11 +26,60 @@ struct McuLayout {
     blocks: Vec<(usize, usize, usize)>,
 }
 
+/// Where a scan walks: its units (MCUs, or blocks for a single-component scan), the blocks of
+/// each unit, and the tables of each scan slot.
+struct Geometry<'a> {
+    mode: Mode,
+    units_x: usize,
+    units_y: usize,
+    layout: McuLayout,
+    /// Unit size in blocks, per slot.
+    unit: Vec<(usize, usize)>,
+    /// Blocks per buffer row, per slot.
+    bws: Vec<usize>,
+    tables: Vec<(Option<&'a DecodeTable>, Option<&'a DecodeTable>)>,
+}
+
+/// What carries from one unit to the next: DC predictions, the end-of-band run, the next
+/// restart marker expected.
+#[derive(Default)]
+struct Carry {
+    pred: [i32; 4],
+    eobrun: u32,
+    expected_rst: u8,
+}
+
+/// Decodes one scan into the frame's buffers. When the frame is read row by row
+/// (`img.rolling`), each MCU row is handed to `rows` as soon as it is decoded, then its buffer
+/// is cleared for the next.
 pub(crate) fn decode_scan(
     img: &mut Image,
     p: &ScanParams,
     r: &mut BitReader,
+    rows: Option<RowSink<'_, '_>>,
 ) -> Result<(), JpegError> {
+    let g = geometry(img, p)?;
+    let mut carry = Carry::default();
+    match rows {
+        Some(sink) if img.rolling => {
+            for uy in 0..g.units_y {
+                decode_units(img, p, r, &g, &mut carry, uy)?;
+                sink(img, uy)?;
+                for &ci in p.comps {
+                    img.comps[ci].coeffs.fill(0);
+                }
+            }
+        }
+        _ => {
+            for uy in 0..g.units_y {
+                decode_units(img, p, r, &g, &mut carry, uy)?;
+            }
+        }
+    }
+    r.check_not_overrun()
+}
+
+fn geometry<'a>(img: &Image, p: &ScanParams<'a>) -> Result<Geometry<'a>, JpegError> {
     let ns = p.comps.len();
     let mode = if !img.progressive {
         Mode::Baseline
@@ -72,8 +121,7 @@ pub(crate) fn decode_scan(
         }
         (img.mcux, img.mcuy, McuLayout { blocks })
     };
-    // Unit size in blocks, per slot.
-    let unit: Vec<(usize, usize)> = p
+    let unit = p
         .comps
         .iter()
         .map(|&ci| {
@@ -85,10 +133,32 @@ pub(crate) fn decode_scan(
             }
         })
         .collect();
-    let bws: Vec<usize> = p.comps.iter().map(|&ci| img.comps[ci].bw).collect();
+    let bws = p.comps.iter().map(|&ci| img.comps[ci].bw).collect();
     // Tables a scan does not use may be absent; parse.rs checked the ones it needs.
-    let tables: Vec<(Option<&DecodeTable>, Option<&DecodeTable>)> =
-        (0..ns).map(|slot| (p.dc[slot], p.ac[slot])).collect();
+    let tables = (0..ns).map(|slot| (p.dc[slot], p.ac[slot])).collect();
+    Ok(Geometry {
+        mode,
+        units_x,
+        units_y,
+        layout,
+        unit,
+        bws,
+        tables,
+    })
+}
+
+/// Decodes the units of row `uy`, into the row's place in the buffers (the first row when
+/// they hold one row).
+fn decode_units(
+    img: &mut Image,
+    p: &ScanParams,
+    r: &mut BitReader,
+    g: &Geometry,
+    carry: &mut Carry,
+    uy: usize,
+) -> Result<(), JpegError> {
+    let ns = p.comps.len();
+    let row_base = if img.rolling { uy } else { 0 };
     // Split borrows: collect mutable slices of each scanned component's buffer.
     let mut bufs: Vec<&mut [i16]> = Vec::with_capacity(ns);
     {
@@ -104,46 +174,41 @@ pub(crate) fn decode_scan(
             }
         }
     }
-    let mut pred = [0i32; 4];
-    let mut eobrun = 0u32;
-    let total = units_x * units_y;
     let ri = p.restart_interval as usize;
-    let mut expected_rst = 0u8;
-    for mcu in 0..total {
-        if ri > 0 && mcu > 0 && mcu % ri == 0 {
+    for ux in 0..g.units_x {
+        let mcu = uy * g.units_x + ux;
+        if ri > 0 && mcu > 0 && mcu.is_multiple_of(ri) {
             let (m, _) = r.next_marker()?;
-            if m != 0xD0 + expected_rst {
+            if m != 0xD0 + carry.expected_rst {
                 return err("missing or out-of-order restart marker");
             }
-            expected_rst = (expected_rst + 1) & 7;
-            pred = [0; 4];
-            eobrun = 0;
+            carry.expected_rst = (carry.expected_rst + 1) & 7;
+            carry.pred = [0; 4];
+            carry.eobrun = 0;
         }
-        let (ux, uy) = (mcu % units_x, mcu / units_x);
-        for &(slot, oy, ox) in &layout.blocks {
-            let (uw, uh) = unit[slot];
+        for &(slot, oy, ox) in &g.layout.blocks {
+            let (uw, uh) = g.unit[slot];
             let bx = ux * uw + ox;
-            let by = uy * uh + oy;
-            let off = (by * bws[slot] + bx) * 64;
+            let by = (uy - row_base) * uh + oy;
+            let off = (by * g.bws[slot] + bx) * 64;
             let Some(Ok(block)) = bufs[slot]
                 .get_mut(off..off + 64)
                 .map(<&mut [i16; 64]>::try_from)
             else {
                 return err("block outside component buffer");
             };
-            let (dct, act) = tables[slot];
+            let (dct, act) = g.tables[slot];
             let missing = || JpegError("missing Huffman table".into());
-            match mode {
+            let pred = &mut carry.pred[slot];
+            match g.mode {
                 Mode::Baseline => decode_block_baseline(
                     r,
                     dct.ok_or_else(missing)?,
                     act.ok_or_else(missing)?,
-                    &mut pred[slot],
+                    pred,
                     block,
                 )?,
-                Mode::DcFirst => {
-                    decode_dc_first(r, dct.ok_or_else(missing)?, &mut pred[slot], p.al, block)?
-                }
+                Mode::DcFirst => decode_dc_first(r, dct.ok_or_else(missing)?, pred, p.al, block)?,
                 Mode::DcRefine => {
                     r.ensure();
                     if r.get_bits(1) != 0 {
@@ -151,15 +216,15 @@ pub(crate) fn decode_scan(
                     }
                 }
                 Mode::AcFirst => {
-                    decode_ac_first(r, act.ok_or_else(missing)?, p, &mut eobrun, block)?
+                    decode_ac_first(r, act.ok_or_else(missing)?, p, &mut carry.eobrun, block)?
                 }
                 Mode::AcRefine => {
-                    decode_ac_refine(r, act.ok_or_else(missing)?, p, &mut eobrun, block)?
+                    decode_ac_refine(r, act.ok_or_else(missing)?, p, &mut carry.eobrun, block)?
                 }
             }
         }
     }
-    r.check_not_overrun()
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

@@ -405,6 +405,7 @@ impl Front {
                 mcux,
                 mcuy,
                 comps,
+                rolling: false,
             },
             luma: Divisors::new(&luma_t),
             chroma: Divisors::new(&chroma_t),

@@ -106,6 +106,9 @@ pub struct Info {
     pub icc_profile: Option<Vec<u8>>,
     /// Why [`optimize_huffman`]/[`requantize`] would refuse this file, if they would.
     pub unsupported: Option<String>,
+    /// A sequential frame whose first scan codes every component: [`decode_scaled`] reads it
+    /// one MCU row at a time instead of holding every coefficient.
+    pub streams: bool,
 }
 
 /// Reads the headers of `jpeg` (stops at the first scan).

@@ -23,7 +23,8 @@ pub(crate) struct Component {
     /// codes exactly these.
     pub(crate) w_blocks: usize,
     pub(crate) h_blocks: usize,
-    /// 64 coefficients per block in zigzag order, blocks row-major, `bw` per row.
+    /// 64 coefficients per block in zigzag order, blocks row-major, `bw` per row: all of
+    /// them, or one MCU row's (`v` block rows) when the image is read row by row.
     pub(crate) coeffs: Vec<i16>,
 }
 
@@ -35,7 +36,23 @@ pub(crate) struct Image {
     pub(crate) mcux: usize,
     pub(crate) mcuy: usize,
     pub(crate) comps: Vec<Component>,
+    /// The buffers hold one MCU row, decoded, handed on and cleared in turn (see
+    /// [`read_coefficient_rows`]).
+    pub(crate) rolling: bool,
 }
+
+impl Image {
+    /// Component `ci`'s blocks of MCU row `uy`: `v` rows of `bw` blocks.
+    pub(crate) fn mcu_row(&self, ci: usize, uy: usize) -> &[i16] {
+        let c = &self.comps[ci];
+        let len = c.bw * c.v as usize * 64;
+        let start = if self.rolling { 0 } else { uy * len };
+        &c.coeffs[start..start + len]
+    }
+}
+
+/// Called with the image and an MCU row's index once that row's coefficients are final.
+pub(crate) type RowSink<'s, 'f> = &'s mut (dyn FnMut(&Image, usize) -> Result<(), JpegError> + 'f);
 
 /// Header state accumulated while walking the markers.
 struct State {
@@ -87,14 +104,35 @@ pub(super) fn read_segment(data: &[u8], pos: usize) -> Result<(&[u8], usize), Ba
 
 /// Reads headers up to the first scan, for path decisions.
 pub(crate) fn read_info(data: &[u8]) -> Result<Info, JpegError> {
-    let st = walk(data, false)?;
+    let st = walk(data, false, None)?;
     Ok(st.info)
 }
 
 /// Reads the whole file into coefficient buffers, refusing what we cannot re-encode as a
 /// baseline YCbCr/grayscale JPEG without changing its meaning.
 pub(crate) fn read_coefficients(data: &[u8]) -> Result<Image, JpegError> {
-    let st = walk(data, true)?;
+    finished(walk(data, true, None)?)
+}
+
+/// Reads the frame and hands its coefficients to `each_row` an MCU row at a time, top to
+/// bottom. A sequential file whose first scan codes every component (nearly every baseline
+/// JPEG) is decoded a row at a time, so only one MCU row of coefficients is ever held (192 KB
+/// for a 4000-pixel-wide 4:2:0 photo, against 36 MB for all of them); any other (progressive,
+/// or components in separate scans) is read whole, then handed on row by row.
+pub(crate) fn read_coefficient_rows(
+    data: &[u8],
+    each_row: RowSink<'_, '_>,
+) -> Result<(), JpegError> {
+    let img = finished(walk(data, true, Some(&mut *each_row))?)?;
+    if !img.rolling {
+        for uy in 0..img.mcuy {
+            each_row(&img, uy)?;
+        }
+    }
+    Ok(())
+}
+
+fn finished(st: State) -> Result<Image, JpegError> {
     if let Some(why) = st.info.unsupported {
         return err(why);
     }
@@ -110,7 +148,11 @@ pub(crate) fn read_coefficients(data: &[u8]) -> Result<Image, JpegError> {
     Ok(img)
 }
 
-fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
+fn walk<'f>(
+    data: &[u8],
+    decode: bool,
+    mut rows: Option<RowSink<'_, 'f>>,
+) -> Result<State, JpegError> {
     if data.len() < 4 || data[0] != 0xFF || data[1] != 0xD8 {
         return err("not a JPEG (no SOI marker)");
     }
@@ -126,6 +168,7 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
             exif_orientation: None,
             icc_profile: None,
             unsupported: None,
+            streams: false,
         },
         dc_tables: [None, None, None, None],
         ac_tables: [None, None, None, None],
@@ -194,6 +237,11 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
                 }
                 finalize_support(&mut st);
                 assemble_icc(&mut st);
+                if scans == 0 {
+                    let frame = st.frame.as_ref().expect("checked above");
+                    st.info.streams = !frame.progressive
+                        && usize::from(seg.first().copied().unwrap_or(0)) == frame.comps.len();
+                }
                 if !decode {
                     return Ok(st);
                 }
@@ -204,7 +252,7 @@ fn walk(data: &[u8], decode: bool) -> Result<State, JpegError> {
                 if scans > 1000 {
                     return err("too many scans");
                 }
-                pos = read_scan(&mut st, data, seg, pos)?;
+                pos = read_scan(&mut st, data, seg, pos, rows.as_deref_mut())?;
             }
             _ => {} // APPn, COM, JPGn and unknown segments are skipped (and not copied).
         }
@@ -383,6 +431,7 @@ fn read_sof(st: &mut State, seg: &[u8], progressive: bool) -> Result<(), JpegErr
         mcux,
         mcuy,
         comps: frame_comps,
+        rolling: false,
     });
     Ok(())
 }
@@ -548,7 +597,13 @@ fn read_app1(st: &mut State, seg: &[u8]) {
 
 /// Parses an SOS header at `seg` and decodes its entropy-coded data starting at `pos`.
 /// Returns the position of the marker that ends the scan.
-fn read_scan(st: &mut State, data: &[u8], seg: &[u8], pos: usize) -> Result<usize, JpegError> {
+fn read_scan(
+    st: &mut State,
+    data: &[u8],
+    seg: &[u8],
+    pos: usize,
+    rows: Option<RowSink<'_, '_>>,
+) -> Result<usize, JpegError> {
     let frame = st.frame.as_mut().expect("checked by caller");
     let ns = *seg.first().unwrap_or(&0) as usize;
     if ns == 0 || ns > 4 || seg.len() < 1 + 2 * ns + 3 {
@@ -584,6 +639,15 @@ fn read_scan(st: &mut State, data: &[u8], seg: &[u8], pos: usize) -> Result<usiz
     if !frame.progressive && (ss != 0 || se != 63 || ah != 0 || al != 0) {
         return err("bad spectral selection in a sequential scan");
     }
+    // Row by row only when this first scan completes every component's coefficients.
+    let first = frame.comps.iter().all(|c| !c.qt_set);
+    if first && rows.is_some() && st.info.streams {
+        frame.rolling = true;
+    } else if frame.rolling {
+        // T.81 codes each component of a sequential frame in exactly one scan; the rows
+        // handed on are final.
+        return err("a sequential frame with a scan after the one that coded every component");
+    }
     // Snapshot quantisation tables and allocate buffers at each component's first scan.
     for &ci in &comp_idx {
         let c = &mut frame.comps[ci];
@@ -593,7 +657,8 @@ fn read_scan(st: &mut State, data: &[u8], seg: &[u8], pos: usize) -> Result<usiz
             };
             c.qt = q;
             c.qt_set = true;
-            c.coeffs = vec![0i16; c.bw * c.bh * 64];
+            let block_rows = if frame.rolling { c.v as usize } else { c.bh };
+            c.coeffs = vec![0i16; c.bw * block_rows * 64];
         }
     }
     let mut dc_t = Vec::with_capacity(ns);
@@ -620,7 +685,8 @@ fn read_scan(st: &mut State, data: &[u8], seg: &[u8], pos: usize) -> Result<usiz
         restart_interval: st.restart_interval,
     };
     let mut reader = BitReader::new(data, pos);
-    decode_scan(frame, &params, &mut reader)?;
+    let rows = if frame.rolling { rows } else { None };
+    decode_scan(frame, &params, &mut reader, rows)?;
     let (_, after) = reader.next_marker()?;
     // Hand back the position of the marker itself to the marker loop.
     Ok(after - 2)

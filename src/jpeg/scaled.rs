@@ -28,24 +28,25 @@ pub fn decode_scaled(jpeg: &[u8], denominator: u32) -> Result<ScaledPixels, Jpeg
     if !matches!(denominator, 2 | 4 | 8) {
         return err(format!("cannot decode at 1/{denominator}"));
     }
-    let img = parse::read_coefficients(jpeg)?;
     let n = 8 / denominator as usize;
-    let hmax = img.comps.iter().map(|c| c.h).max().unwrap_or(1) as usize;
-    let vmax = img.comps.iter().map(|c| c.v).max().unwrap_or(1) as usize;
-    let width = (u32::from(img.width)).div_ceil(denominator);
-    let height = (u32::from(img.height)).div_ceil(denominator);
-    let mut planes = Vec::with_capacity(img.comps.len());
-    for c in &img.comps {
-        let (h, v) = (c.h as usize, c.v as usize);
-        if !(n * hmax).is_multiple_of(h) || !(n * vmax).is_multiple_of(v) {
-            return err("sampling factors do not divide at this scale");
+    let mut planes: Vec<Plane> = Vec::new();
+    let mut size = (0, 0);
+    // Each MCU row is reduced as soon as its coefficients are final: a sequential file's are
+    // never all held (see `parse::read_coefficient_rows`).
+    parse::read_coefficient_rows(jpeg, &mut |img, uy| {
+        if planes.is_empty() {
+            planes = Plane::for_frame(img, n)?;
+            size = (
+                u32::from(img.width).div_ceil(denominator),
+                u32::from(img.height).div_ceil(denominator),
+            );
         }
-        let (nx, ny) = (n * hmax / h, n * vmax / v);
-        if nx > 8 || ny > 8 {
-            return err("chroma is subsampled more than this scale can undo");
+        for (ci, plane) in planes.iter_mut().enumerate() {
+            plane.decode_mcu_row(img.mcu_row(ci, uy), uy);
         }
-        planes.push(Plane::decode(c, nx, ny));
-    }
+        Ok(())
+    })?;
+    let (width, height) = size;
     let (w, h) = (width as usize, height as usize);
     let data = match planes.as_slice() {
         [y] => {
@@ -58,7 +59,6 @@ pub fn decode_scaled(jpeg: &[u8], denominator: u32) -> Result<ScaledPixels, Jpeg
         [y, cb, cr] => ycbcr_to_rgb(y, cb, cr, w, h),
         _ => return err(format!("{} components", planes.len())),
     };
-    drop(img);
     Ok(ScaledPixels {
         data,
         width,
@@ -68,10 +68,22 @@ pub fn decode_scaled(jpeg: &[u8], denominator: u32) -> Result<ScaledPixels, Jpeg
 }
 
 /// One component's samples at the output's scale (whole blocks, so at least the picture's
-/// size).
+/// size), and the reduced inverse DCT that makes them from its blocks.
 struct Plane {
     data: Vec<u8>,
     stride: usize,
+    /// Output samples per block, across and down.
+    nx: usize,
+    ny: usize,
+    /// Blocks per row, and block rows per MCU row.
+    bw: usize,
+    v: usize,
+    /// mx[u][x]: the row basis, transposed; my[y][v]: the column basis.
+    mx: [[f32; 8]; 8],
+    my: [[f32; 8]; 8],
+    /// Zigzag position and dequantisation step of each natural position the transform reads.
+    zz_of: [usize; 64],
+    q: [f32; 64],
 }
 
 impl Plane {
@@ -79,50 +91,115 @@ impl Plane {
         &self.data[y * self.stride..(y + 1) * self.stride]
     }
 
-    fn decode(c: &parse::Component, nx: usize, ny: usize) -> Plane {
-        let mx = basis(nx);
-        let my = basis(ny);
-        // Dequantisation in natural order, only where the reduced transform reads.
+    /// A plane for each component, each decoded at the scale that brings it to the output's
+    /// resolution. Refuses sampling factors that do not divide at 1/(8/n).
+    fn for_frame(img: &parse::Image, n: usize) -> Result<Vec<Plane>, JpegError> {
+        let hmax = img.comps.iter().map(|c| c.h).max().unwrap_or(1) as usize;
+        let vmax = img.comps.iter().map(|c| c.v).max().unwrap_or(1) as usize;
+        let mut planes = Vec::with_capacity(img.comps.len());
+        for c in &img.comps {
+            let (h, v) = (c.h as usize, c.v as usize);
+            if !(n * hmax).is_multiple_of(h) || !(n * vmax).is_multiple_of(v) {
+                return err("sampling factors do not divide at this scale");
+            }
+            let (nx, ny) = (n * hmax / h, n * vmax / v);
+            if nx > 8 || ny > 8 {
+                return err("chroma is subsampled more than this scale can undo");
+            }
+            planes.push(Plane::new(c, nx, ny));
+        }
+        Ok(planes)
+    }
+
+    fn new(c: &parse::Component, nx: usize, ny: usize) -> Plane {
+        let bx = basis(nx);
+        let by = basis(ny);
+        let mut mx = [[0f32; 8]; 8];
+        let mut my = [[0f32; 8]; 8];
+        for u in 0..nx {
+            for x in 0..nx {
+                mx[u][x] = bx[x * 8 + u];
+            }
+        }
+        for y in 0..ny {
+            for v in 0..ny {
+                my[y][v] = by[y * 8 + v];
+            }
+        }
+        let mut zz_of = [0usize; 64];
+        for (zz, &k) in ZIGZAG.iter().enumerate() {
+            zz_of[k as usize] = zz;
+        }
         let mut q = [0f32; 64];
         for (zz, &step) in c.qt.iter().enumerate() {
             q[ZIGZAG[zz] as usize] = f32::from(step);
         }
         let stride = c.bw * nx;
-        let mut data = vec![0u8; stride * c.bh * ny];
-        let mut coef = [0f32; 64];
-        let mut tmp = [0f32; 64];
-        for by in 0..c.bh {
-            for bx in 0..c.bw {
-                let block = &c.coeffs[(by * c.bw + bx) * 64..][..64];
-                for (zz, &v) in block.iter().enumerate() {
-                    let k = ZIGZAG[zz] as usize;
-                    coef[k] = f32::from(v) * q[k];
-                }
-                // Rows: tmp[v][x] = sum over u of F[v][u] * mx[x][u], for the rows v < ny.
+        Plane {
+            data: vec![0u8; stride * c.bh * ny],
+            stride,
+            nx,
+            ny,
+            bw: c.bw,
+            v: c.v as usize,
+            mx,
+            my,
+            zz_of,
+            q,
+        }
+    }
+
+    /// The reduced inverse DCT of every block of MCU row `uy` (`blocks`: `v` rows of `bw`).
+    /// Both passes run over 8 lanes whatever N is (the basis is zero beyond N), so the
+    /// compiler vectorises them; rows of coefficients that are all zero, most of them in a
+    /// photo's high frequencies, are skipped.
+    fn decode_mcu_row(&mut self, blocks: &[i16], uy: usize) {
+        let (nx, ny, stride) = (self.nx, self.ny, self.stride);
+        for r in 0..self.v {
+            let by = uy * self.v + r;
+            for bx in 0..self.bw {
+                let block = &blocks[(r * self.bw + bx) * 64..][..64];
+                // Rows: tmp[v][x] = sum over u of F[v][u] * mx[u][x].
+                let mut tmp = [[0f32; 8]; 8];
+                let mut live = [false; 8];
                 for v in 0..ny {
-                    for x in 0..nx {
-                        let mut s = 0.0;
-                        for u in 0..nx {
-                            s += coef[v * 8 + u] * mx[x * 8 + u];
+                    // One branch a row, not one a coefficient: which coefficients are zero is
+                    // as good as random, and mispredicting it cost more than the products.
+                    let mut row = [0i16; 8];
+                    let mut any = 0i16;
+                    for u in 0..nx {
+                        row[u] = block[self.zz_of[v * 8 + u]];
+                        any |= row[u];
+                    }
+                    if any == 0 {
+                        continue;
+                    }
+                    live[v] = true;
+                    let steps = &self.q[v * 8..v * 8 + nx];
+                    for ((&c, &step), basis) in row.iter().zip(steps).zip(&self.mx) {
+                        let f = f32::from(c) * step;
+                        for (t, &m) in tmp[v].iter_mut().zip(basis) {
+                            *t += f * m;
                         }
-                        tmp[v * 8 + x] = s;
                     }
                 }
                 // Columns, then the level shift.
                 let base = by * ny * stride + bx * nx;
                 for y in 0..ny {
-                    let out = &mut data[base + y * stride..][..nx];
-                    for (x, o) in out.iter_mut().enumerate() {
-                        let mut s = 128.0;
-                        for v in 0..ny {
-                            s += tmp[v * 8 + x] * my[y * 8 + v];
+                    let mut acc = [128f32; 8];
+                    for ((&m, t), _) in self.my[y].iter().zip(&tmp).zip(&live).filter(|(_, &l)| l) {
+                        for (a, &t) in acc.iter_mut().zip(t) {
+                            *a += t * m;
                         }
-                        *o = s.round().clamp(0.0, 255.0) as u8;
+                    }
+                    let out = &mut self.data[base + y * stride..][..nx];
+                    for (o, &a) in out.iter_mut().zip(&acc) {
+                        // Rounds half up; `as` saturates, and the clamp keeps it in range.
+                        *o = (a.clamp(0.0, 255.0) + 0.5) as u8;
                     }
                 }
             }
         }
-        Plane { data, stride }
     }
 }
 

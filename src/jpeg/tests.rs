@@ -1004,3 +1004,81 @@ fn pixel_encoder_on_photos() {
     }
     println!("total encode time: {sum_old:.3} s -> {sum_new:.3} s");
 }
+
+/// The scaled decoder reads a sequential file an MCU row at a time and a progressive one
+/// whole: the same coefficients must give the same pixels either way, at every scale, with
+/// restart markers, odd sizes and every sampling.
+#[test]
+fn scaled_decode_row_by_row_matches_the_whole_frame() {
+    let samplings = [
+        ("420", SamplingFactor::F_2_2, false),
+        ("422", SamplingFactor::F_2_1, false),
+        ("444", SamplingFactor::F_1_1, false),
+        ("gray", SamplingFactor::F_1_1, true),
+    ];
+    for (w, h) in [(8u16, 8u16), (37, 29), (130, 67)] {
+        for &(sname, sampling, grayscale) in &samplings {
+            for restart in [None, Some(1), Some(5)] {
+                let o = |progressive| Enc {
+                    progressive,
+                    q: 80,
+                    sampling,
+                    restart,
+                    grayscale,
+                };
+                let label = format!("{w}x{h} {sname} rst={restart:?}");
+                // Our lossless re-encode keeps the coefficients and writes one sequential
+                // scan without restart markers: read whole (progressive) against row by row,
+                // and row by row with restarts against without.
+                let progressive = encode_case(w, h, o(true));
+                let from_progressive = optimize_huffman(&progressive).unwrap();
+                let sequential = encode_case(w, h, o(false));
+                let from_sequential = optimize_huffman(&sequential).unwrap();
+                assert!(!info(&progressive).unwrap().streams, "{label}");
+                for f in [&from_progressive, &sequential, &from_sequential] {
+                    assert!(info(f).unwrap().streams, "{label}");
+                }
+                for d in [2, 4, 8] {
+                    for (a, b) in [
+                        (&progressive, &from_progressive),
+                        (&sequential, &from_sequential),
+                    ] {
+                        let (a, b) = (decode_scaled(a, d).unwrap(), decode_scaled(b, d).unwrap());
+                        assert_eq!((a.width, a.height), (b.width, b.height), "{label} 1/{d}");
+                        assert!(a.data == b.data, "{label} 1/{d}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Cut short or damaged, a sequential file read row by row fails with an error, never a
+/// panic, whatever rows were already handed on.
+#[test]
+fn scaled_decode_of_broken_sequential_files_fails_cleanly() {
+    let o = Enc {
+        progressive: false,
+        q: 75,
+        sampling: SamplingFactor::F_2_2,
+        restart: Some(2),
+        grayscale: false,
+    };
+    let input = encode_case(48, 40, o);
+    for len in 0..input.len() {
+        assert!(
+            decode_scaled(&input[..len], 2).is_err(),
+            "truncated to {len} accepted"
+        );
+    }
+    let mut rng = Rng(4242);
+    for _ in 0..2000 {
+        let mut d = input.clone();
+        let i = (rng.next() % d.len() as u64) as usize;
+        d[i] ^= 1 << (rng.next() % 8);
+        if let Ok(p) = decode_scaled(&d, 2) {
+            let size = p.width as usize * p.height as usize * usize::from(p.channels);
+            assert_eq!(p.data.len(), size);
+        }
+    }
+}
