@@ -61,10 +61,9 @@ pub fn working_memory(bytes: &[u8], opts: &CompressOptions) -> u64 {
 }
 
 /// What the DCT-domain 1/2 decode holds, when the box sends a JPEG there (the same decision
-/// as `decode::dct_reduction`): one plane per component at the reduced size and the
-/// interleaved pixels made from them, with every coefficient too unless the file is read an
-/// MCU row at a time (`jpeg::Info::streams`: a sequential file, the usual case); and the
-/// factor.
+/// as `decode::dct_reduction`): the pixels at the reduced size (its planes hold one MCU row),
+/// with every coefficient too unless the file is read an MCU row at a time
+/// (`jpeg::Info::streams`: a sequential file, the usual case); and the factor.
 fn scaled_decode_memory(bytes: &[u8], opts: &CompressOptions) -> Option<(u64, u32)> {
     if sniff(bytes).ok()? != InputFormat::Jpeg {
         return None;
@@ -79,7 +78,7 @@ fn scaled_decode_memory(bytes: &[u8], opts: &CompressOptions) -> Option<(u64, u3
     } else {
         jpeg_coefficient_bytes(&info)
     };
-    Some((coefficients + 2 * pixels * channels, reduced))
+    Some((coefficients + pixels * channels, reduced))
 }
 
 /// [`working_memory`] at the input's size, as JPEG.

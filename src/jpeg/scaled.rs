@@ -30,48 +30,53 @@ pub fn decode_scaled(jpeg: &[u8], denominator: u32) -> Result<ScaledPixels, Jpeg
     }
     let n = 8 / denominator as usize;
     let mut planes: Vec<Plane> = Vec::new();
-    let mut size = (0, 0);
-    // Each MCU row is reduced as soon as its coefficients are final: a sequential file's are
-    // never all held (see `parse::read_coefficient_rows`).
+    let (mut w, mut h, mut channels) = (0usize, 0usize, 0usize);
+    let mut out = Vec::new();
+    let tables = YccTables::new();
+    // Each MCU row is reduced as soon as its coefficients are final (a sequential file's are
+    // never all held: see `parse::read_coefficient_rows`), and turned into output rows at
+    // once: the planes hold one MCU row.
     parse::read_coefficient_rows(jpeg, &mut |img, uy| {
         if planes.is_empty() {
             planes = Plane::for_frame(img, n)?;
-            size = (
-                u32::from(img.width).div_ceil(denominator),
-                u32::from(img.height).div_ceil(denominator),
-            );
+            w = usize::from(img.width).div_ceil(denominator as usize);
+            h = usize::from(img.height).div_ceil(denominator as usize);
+            channels = if planes.len() == 1 { 1 } else { 3 };
+            out = vec![0u8; w * h * channels];
         }
         for (ci, plane) in planes.iter_mut().enumerate() {
-            plane.decode_mcu_row(img.mcu_row(ci, uy), uy);
+            plane.decode_mcu_row(img.mcu_row(ci, uy));
+        }
+        // Every plane holds the same output rows: its blocks' rows times its samples a block.
+        let rows = planes[0].rows;
+        let first = uy * rows;
+        for r in 0..rows.min(h.saturating_sub(first)) {
+            let line = &mut out[(first + r) * w * channels..][..w * channels];
+            match planes.as_slice() {
+                [y] => line.copy_from_slice(&y.row(r)[..w]),
+                [y, cb, cr] => {
+                    tables.convert(&y.row(r)[..w], &cb.row(r)[..w], &cr.row(r)[..w], line)
+                }
+                _ => return err(format!("{} components", planes.len())),
+            }
         }
         Ok(())
     })?;
-    let (width, height) = size;
-    let (w, h) = (width as usize, height as usize);
-    let data = match planes.as_slice() {
-        [y] => {
-            let mut out = Vec::with_capacity(w * h);
-            for row in 0..h {
-                out.extend_from_slice(&y.row(row)[..w]);
-            }
-            out
-        }
-        [y, cb, cr] => ycbcr_to_rgb(y, cb, cr, w, h),
-        _ => return err(format!("{} components", planes.len())),
-    };
     Ok(ScaledPixels {
-        data,
-        width,
-        height,
-        channels: if planes.len() == 1 { 1 } else { 3 },
+        data: out,
+        width: w as u32,
+        height: h as u32,
+        channels: channels as u8,
     })
 }
 
 /// One component's samples at the output's scale (whole blocks, so at least the picture's
 /// size), and the reduced inverse DCT that makes them from its blocks.
 struct Plane {
+    /// One MCU row's samples: `rows` rows of `stride`.
     data: Vec<u8>,
     stride: usize,
+    rows: usize,
     /// Output samples per block, across and down.
     nx: usize,
     ny: usize,
@@ -136,8 +141,9 @@ impl Plane {
         }
         let stride = c.bw * nx;
         Plane {
-            data: vec![0u8; stride * c.bh * ny],
+            data: vec![0u8; stride * c.v as usize * ny],
             stride,
+            rows: c.v as usize * ny,
             nx,
             ny,
             bw: c.bw,
@@ -149,16 +155,15 @@ impl Plane {
         }
     }
 
-    /// The reduced inverse DCT of every block of MCU row `uy` (`blocks`: `v` rows of `bw`).
+    /// The reduced inverse DCT of every block of an MCU row (`blocks`: `v` rows of `bw`).
     /// Both passes run over 8 lanes whatever N is (the basis is zero beyond N), so the
     /// compiler vectorises them; rows of coefficients that are all zero, most of them in a
     /// photo's high frequencies, are skipped.
-    fn decode_mcu_row(&mut self, blocks: &[i16], uy: usize) {
+    fn decode_mcu_row(&mut self, blocks: &[i16]) {
         let (nx, ny, stride) = (self.nx, self.ny, self.stride);
-        for r in 0..self.v {
-            let by = uy * self.v + r;
+        for by in 0..self.v {
             for bx in 0..self.bw {
-                let block = &blocks[(r * self.bw + bx) * 64..][..64];
+                let block = &blocks[(by * self.bw + bx) * 64..][..64];
                 // Rows: tmp[v][x] = sum over u of F[v][u] * mx[u][x].
                 let mut tmp = [[0f32; 8]; 8];
                 let mut live = [false; 8];
@@ -222,31 +227,41 @@ fn basis(n: usize) -> [f32; 64] {
 }
 
 /// JFIF's YCbCr to RGB, in fixed point with tables as libjpeg does it.
-fn ycbcr_to_rgb(y: &Plane, cb: &Plane, cr: &Plane, w: usize, h: usize) -> Vec<u8> {
-    const ONE: f64 = (1 << 16) as f64;
-    let fix = |x: f64| (x * ONE + 0.5) as i32;
-    let mut cr_r = [0i32; 256];
-    let mut cb_b = [0i32; 256];
-    let mut cr_g = [0i32; 256];
-    let mut cb_g = [0i32; 256];
-    for i in 0..256 {
-        let x = i as i32 - 128;
-        cr_r[i] = (fix(1.402) * x + (1 << 15)) >> 16;
-        cb_b[i] = (fix(1.772) * x + (1 << 15)) >> 16;
-        cr_g[i] = -fix(0.714_136_286) * x;
-        cb_g[i] = -fix(0.344_136_286) * x + (1 << 15);
+struct YccTables {
+    cr_r: [i32; 256],
+    cb_b: [i32; 256],
+    cr_g: [i32; 256],
+    cb_g: [i32; 256],
+}
+
+impl YccTables {
+    fn new() -> YccTables {
+        const ONE: f64 = (1 << 16) as f64;
+        let fix = |x: f64| (x * ONE + 0.5) as i32;
+        let mut t = YccTables {
+            cr_r: [0; 256],
+            cb_b: [0; 256],
+            cr_g: [0; 256],
+            cb_g: [0; 256],
+        };
+        for i in 0..256 {
+            let x = i as i32 - 128;
+            t.cr_r[i] = (fix(1.402) * x + (1 << 15)) >> 16;
+            t.cb_b[i] = (fix(1.772) * x + (1 << 15)) >> 16;
+            t.cr_g[i] = -fix(0.714_136_286) * x;
+            t.cb_g[i] = -fix(0.344_136_286) * x + (1 << 15);
+        }
+        t
     }
-    let clamp = |v: i32| v.clamp(0, 255) as u8;
-    let mut out = vec![0u8; w * h * 3];
-    for row in 0..h {
-        let (ys, cbs, crs) = (&y.row(row)[..w], &cb.row(row)[..w], &cr.row(row)[..w]);
-        let line = &mut out[row * w * 3..][..w * 3];
-        for (x, px) in line.chunks_exact_mut(3).enumerate() {
-            let (l, b, r) = (i32::from(ys[x]), cbs[x] as usize, crs[x] as usize);
-            px[0] = clamp(l + cr_r[r]);
-            px[1] = clamp(l + ((cb_g[b] + cr_g[r]) >> 16));
-            px[2] = clamp(l + cb_b[b]);
+
+    /// One row: `y`, `cb`, `cr` (a sample a pixel each) into `out` (3 bytes a pixel).
+    fn convert(&self, y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
+        let clamp = |v: i32| v.clamp(0, 255) as u8;
+        for (((px, &l), &b), &r) in out.chunks_exact_mut(3).zip(y).zip(cb).zip(cr) {
+            let (l, b, r) = (i32::from(l), b as usize, r as usize);
+            px[0] = clamp(l + self.cr_r[r]);
+            px[1] = clamp(l + ((self.cb_g[b] + self.cr_g[r]) >> 16));
+            px[2] = clamp(l + self.cb_b[b]);
         }
     }
-    out
 }
