@@ -8,7 +8,6 @@ use image::codecs::gif::GifDecoder;
 use image::codecs::jpeg::JpegDecoder;
 use image::codecs::png::PngDecoder;
 use image::codecs::tiff::TiffDecoder;
-use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageResult, Limits};
 
@@ -20,7 +19,8 @@ use super::pixels::{to_opaque_8bit, Layout, Pixels};
 use super::policy::{requantize_if_eligible, JpegRoute};
 use super::resize::resize;
 use super::smaller::never_larger;
-use super::webp::{encode_webp, WEBP_MAX_DIMENSION};
+use super::webp::{encode_webp, Picture, WEBP_MAX_DIMENSION};
+use super::webp_decode::LibWebpDecoder;
 use super::{
     sniff, Codec, CompressError, CompressOptions, Compressed, FormatChoice, InputFormat,
     OutputFormat,
@@ -91,7 +91,7 @@ fn recompress(
         // allocation cap goes in here: a dimension limit would make the constructor fail with a
         // generic limit error before we could report the dimensions as `TooManyPixels`.
         InputFormat::Png => ctx.run(PngDecoder::with_limits(reader, ctx.limits(false)), None),
-        InputFormat::WebP => ctx.run(WebPDecoder::new(reader), None),
+        InputFormat::WebP => ctx.run(LibWebpDecoder::new(bytes), None),
         // `GifDecoder` as an `ImageDecoder` reads exactly one frame (the first) and stops, so an
         // animation with thousands of frames costs the same as a still image. Never use
         // `into_frames()` here.
@@ -326,10 +326,12 @@ impl Job<'_> {
                 ));
                 (encode_jpeg(pixels, self.opts.quality)?, OutputFormat::Jpeg)
             }
-            FormatChoice::Webp => (encode_webp(&pixels, self.opts.quality)?, OutputFormat::WebP),
+            FormatChoice::Webp => (encode_webp(pixels, self.opts.quality)?, OutputFormat::WebP),
             FormatChoice::Auto => {
-                let webp = encode_webp(&pixels, self.opts.quality)?;
+                // libwebp's YUV copy first, so the JPEG encoder can free the pixels as it goes.
+                let picture = Picture::import(&pixels)?;
                 let jpeg = encode_jpeg(pixels, self.opts.quality)?;
+                let webp = picture.encode(self.opts.quality)?;
                 if webp.len() < jpeg.len() {
                     (webp, OutputFormat::WebP)
                 } else {

@@ -30,6 +30,7 @@ mod resize;
 mod smaller;
 mod sniff;
 mod webp;
+mod webp_decode;
 
 #[cfg(test)]
 mod color_tests;
