@@ -24,6 +24,10 @@ pub struct Storage {
     /// Object stores serve the Content-Type they were given; a folder is served by us, which
     /// names the type from the extension (and LocalFileSystem keeps no attributes).
     set_content_type: bool,
+    /// The folder, for local storage: deleting a request removes its folder whole, with any
+    /// file a killed write left staged in it (`LocalFileSystem` writes `name#N`, renames it
+    /// into place, and lists neither the staged file nor an empty folder).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl Storage {
@@ -48,6 +52,7 @@ impl Storage {
                     url_base: format!("{public_url}/images"),
                     key_salt: String::new(),
                     set_content_type: false,
+                    local_root: Some(location.into()),
                 }
             }
         };
@@ -88,6 +93,7 @@ impl Storage {
             url_base,
             key_salt: String::new(),
             set_content_type: true,
+            local_root: None,
         })
     }
 
@@ -173,6 +179,13 @@ impl Storage {
     /// how many there were. Deleting what is already gone is not an error, so a deletion cut
     /// short can simply run again.
     pub async fn delete_request(&self, request: crate::domain::RequestId) -> anyhow::Result<u64> {
+        if let Some(root) = &self.local_root {
+            let folder = root.join(request.to_string());
+            return tokio::task::spawn_blocking(move || remove_folder(&folder))
+                .await
+                .context("the deletion's thread died")?
+                .context("cannot delete a request's outputs");
+        }
         let prefix = self.path(&request.to_string());
         let locations = self
             .inner
@@ -189,5 +202,55 @@ impl Storage {
             }
         }
         Ok(n)
+    }
+}
+
+/// Removes a request's folder and everything in it, and says how many files it held. A folder
+/// already gone, or emptied by a deletion that was cut short, is not an error.
+fn remove_folder(folder: &std::path::Path) -> std::io::Result<u64> {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    for entry in entries {
+        if entry?.file_type()?.is_file() {
+            n += 1;
+        }
+    }
+    match std::fs::remove_dir_all(folder) {
+        Ok(()) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(n),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deleting_a_local_request_takes_staged_leftovers_and_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let storage = Storage::open(root, "http://x", None).await.unwrap();
+        let request = crate::domain::RequestId::new();
+        let other = crate::domain::RequestId::new();
+        for id in [request, other] {
+            let key = storage.output_key(id, 1, "jpg");
+            storage
+                .put(&key, vec![1, 2, 3], "image/jpeg")
+                .await
+                .unwrap();
+        }
+        // What a write killed between its staging and its rename leaves behind.
+        let folder = dir.path().join(request.to_string());
+        std::fs::write(folder.join("2-abc.jpg#1"), b"partial").unwrap();
+        assert_eq!(storage.delete_request(request).await.unwrap(), 2);
+        assert!(!folder.exists(), "the folder outlived its request");
+        assert!(dir.path().join(other.to_string()).exists());
+        // Once more, as after a deletion cut short: nothing left, no error.
+        assert_eq!(storage.delete_request(request).await.unwrap(), 0);
     }
 }

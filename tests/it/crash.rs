@@ -35,7 +35,7 @@ db_test!(
                 break;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < Duration::from_secs(60),
                 "no progress: {s}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -90,8 +90,12 @@ db_test!(
                 .await,
             30
         );
+        // A write the kill cut short may have left its staged copy (`name#N`, never listed
+        // or served; retention removes it with the folder): outputs are the other files.
         let files = std::fs::read_dir(db.storage_dir().join(&id))
             .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.contains('#'))
             .count();
         assert_eq!(files, 60);
     }

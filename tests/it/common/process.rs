@@ -96,8 +96,9 @@ pub async fn wait_ready(app: &TestApp) {
             }
         }
         assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "service did not become ready"
+            start.elapsed() < Duration::from_secs(60),
+            "service did not become ready in {:?}",
+            start.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
