@@ -19,7 +19,7 @@ use super::pixels::{to_opaque_8bit, Layout, Pixels};
 use super::policy::{requantize_if_eligible, JpegRoute};
 use super::resize::resize;
 use super::smaller::never_larger;
-use super::webp::{encode_webp, Picture, WEBP_MAX_DIMENSION};
+use super::webp::{Picture, WEBP_MAX_DIMENSION};
 use super::webp_decode::LibWebpDecoder;
 use super::{
     sniff, Codec, CompressError, CompressOptions, Compressed, FormatChoice, InputFormat,
@@ -40,9 +40,10 @@ const DECODER_SCRATCH_BYTES: u64 = 64 * 1024 * 1024;
 pub(super) fn compress_unguarded(
     bytes: &[u8],
     opts: &CompressOptions,
+    past_peak: &dyn Fn(u64),
 ) -> Result<Compressed, CompressError> {
     let format = sniff(bytes)?;
-    let made = recompress(bytes, format, opts)?;
+    let made = recompress(bytes, format, opts, past_peak)?;
     // A picture made smaller to fit the box is what was asked for: the input, at its size,
     // would not do, however few bytes it has.
     Ok(if opts.never_larger && !made.resized {
@@ -64,6 +65,7 @@ fn recompress(
     bytes: &[u8],
     format: InputFormat,
     opts: &CompressOptions,
+    past_peak: &dyn Fn(u64),
 ) -> Result<Made, CompressError> {
     // Decoders are built directly (rather than through `ImageReader`) so that the format we
     // sniffed is exactly the decoder that runs, and so we can inspect the header in between.
@@ -72,9 +74,13 @@ fn recompress(
         bytes,
         format,
         opts,
+        past_peak,
     };
     if format == InputFormat::Jpeg {
         if let Some(made) = ctx.jpeg_scaled(bytes)? {
+            return Ok(made);
+        }
+        if let Some(made) = ctx.jpeg_webp(bytes)? {
             return Ok(made);
         }
         match requantize_if_eligible(bytes, opts)? {
@@ -143,11 +149,42 @@ pub(super) fn dct_reduction(info: &crate::jpeg::Info, opts: &CompressOptions) ->
     (left(w, tw) >= needed && left(h, th) >= needed).then_some(2)
 }
 
+/// Whether a JPEG bound for WebP goes from its coefficients straight to libwebp's YUV 4:2:0
+/// (`Job::jpeg_webp`): WebP (not `auto`, which needs pixels for its JPEG candidate too) at
+/// the input's size, nothing to rotate, 8-bit YCbCr or gray the coefficient reader takes,
+/// chroma no coarser than 4:2:0. The profile is judged after this (sRGB or none).
+pub(super) fn webp_from_ycbcr(info: &crate::jpeg::Info, opts: &CompressOptions) -> bool {
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    let sampling_ok = match info.components.as_slice() {
+        [_] => true,
+        [y, cb, cr] => {
+            // Luma at most twice the chroma's resolution each way: halved or kept, never
+            // upsampled.
+            let ratio = |l: u8, c: u8| c > 0 && l.is_multiple_of(c) && matches!(l / c, 1 | 2);
+            info.adobe_transform != Some(0)
+                && (cb.h, cb.v) == (cr.h, cr.v)
+                && ratio(y.h, cb.h)
+                && ratio(y.v, cb.v)
+        }
+        _ => false,
+    };
+    opts.format == FormatChoice::Webp
+        && info.unsupported.is_none()
+        && info.precision == 8
+        && exif_orientation(info) == Orientation::NoTransforms
+        && opts.size_box.fit(w, h) == (w, h)
+        && w <= WEBP_MAX_DIMENSION
+        && h <= WEBP_MAX_DIMENSION
+        && sampling_ok
+}
+
 /// Per-call context shared by the format-specific steps.
 pub(super) struct Job<'a> {
     pub(super) bytes: &'a [u8],
     format: InputFormat,
     opts: &'a CompressOptions,
+    /// Told when the working set falls for good (see [`super::compress_releasing`]).
+    past_peak: &'a dyn Fn(u64),
 }
 
 impl Job<'_> {
@@ -291,6 +328,54 @@ impl Job<'_> {
         self.finish(pixels, orientation, color).map(Some)
     }
 
+    /// A JPEG bound for WebP at its own size, decoded from its coefficients straight into
+    /// libwebp's YUV picture (see [`webp_from_ycbcr`] and `webp::Picture::from_jpeg`). None
+    /// when it may not go that way, or the coefficient reader refuses the file: the pixel path
+    /// takes it then (and gives the precise error of a broken one).
+    fn jpeg_webp(&self, bytes: &[u8]) -> Result<Option<Made>, CompressError> {
+        let Ok(info) = crate::jpeg::info(bytes) else {
+            return Ok(None);
+        };
+        if !webp_from_ycbcr(&info, self.opts) {
+            return Ok(None);
+        }
+        // A profile other than sRGB needs the pixels converted.
+        let data = if info.components.len() == 1 {
+            color::Data::Gray
+        } else {
+            color::Data::Rgb
+        };
+        let color = match info
+            .icc_profile
+            .as_deref()
+            .map(|icc| color::assess(icc, data))
+        {
+            Some(verdict) if !verdict.is_srgb() => return Ok(None),
+            Some(verdict) => verdict.handling(),
+            None => ColorHandling::Untagged,
+        };
+        let (width, height) = (u32::from(info.width), u32::from(info.height));
+        self.check_header(width, height)?;
+        let Ok(picture) = Picture::from_jpeg(bytes, width, height) else {
+            return Ok(None);
+        };
+        (self.past_peak)(picture.encoding_bytes(self.opts.quality));
+        Ok(Some(Made {
+            out: Compressed {
+                bytes: picture.encode(self.opts.quality)?,
+                format: OutputFormat::WebP,
+                width,
+                height,
+                input_format: InputFormat::Jpeg,
+                codec: Codec::Pixels,
+                note: color.note(),
+                color,
+            },
+            orientation: 1,
+            resized: false,
+        }))
+    }
+
     /// Converts `pixels` to sRGB as `icc` says they are.
     fn to_srgb(&self, icc: &[u8], pixels: &mut Pixels) -> Result<ColorHandling, CompressError> {
         let verdict = color::assess(icc, pixels.layout.color_data());
@@ -326,11 +411,17 @@ impl Job<'_> {
                 ));
                 (encode_jpeg(pixels, self.opts.quality)?, OutputFormat::Jpeg)
             }
-            FormatChoice::Webp => (encode_webp(pixels, self.opts.quality)?, OutputFormat::WebP),
+            FormatChoice::Webp => {
+                let picture = Picture::import(&pixels)?;
+                drop(pixels);
+                (self.past_peak)(picture.encoding_bytes(self.opts.quality));
+                (picture.encode(self.opts.quality)?, OutputFormat::WebP)
+            }
             FormatChoice::Auto => {
                 // libwebp's YUV copy first, so the JPEG encoder can free the pixels as it goes.
                 let picture = Picture::import(&pixels)?;
                 let jpeg = encode_jpeg(pixels, self.opts.quality)?;
+                (self.past_peak)(picture.encoding_bytes(self.opts.quality) + jpeg.len() as u64);
                 let webp = picture.encode(self.opts.quality)?;
                 if webp.len() < jpeg.len() {
                     (webp, OutputFormat::WebP)

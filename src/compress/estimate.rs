@@ -19,6 +19,9 @@ pub fn working_memory(bytes: &[u8], opts: &CompressOptions) -> u64 {
     if opts.size_box == SizeBox::NONE && opts.format == FormatChoice::Jpeg {
         return decode_memory(bytes);
     }
+    if let Some(direct) = webp_from_ycbcr_memory(bytes, opts) {
+        return direct;
+    }
     let scaled = scaled_decode_memory(bytes, opts);
     // A JPEG bound for a box or another format goes through pixels, not the fast path.
     let (decode, reduced) = scaled.unwrap_or_else(|| (decode_memory_as(bytes, false), 1));
@@ -50,17 +53,21 @@ pub fn working_memory(bytes: &[u8], opts: &CompressOptions) -> u64 {
         0
     };
     // libwebp's YUV 4:2:0 picture, made while the pixels are still held (`webp::Picture`);
-    // the pixels go before the encoder runs, whose own buffers measured less than they were
-    // (12 MP JPEG to WebP: 55 MB peak beside the body, the pixels and the picture together).
-    let webp = if opts.format == FormatChoice::Jpeg {
-        0
+    // the pixels go before the encoder runs, whose own buffers grow with the quality (at q90
+    // they outgrow a 12 MP photo's decode: `webp::encoder_bytes`).
+    let (import, encoding) = if opts.format == FormatChoice::Jpeg {
+        (0, 0)
     } else {
-        out / bpp * 3 / 2
+        let planes = out / bpp * 3 / 2;
+        (
+            planes,
+            planes + super::webp::encoder_bytes(out / bpp, opts.quality),
+        )
     };
     // The decoder's scratch is gone by the time the box's filter runs: only the decoded
     // pixels are held then, beside the filter's buffers and the encoder.
     let held = u64::from(w.div_ceil(reduced)) * u64::from(h.div_ceil(reduced)) * bpp;
-    decode.max(held + resize + webp)
+    decode.max(held + resize + import).max(encoding)
 }
 
 /// What the DCT-domain 1/2 decode holds, when the box sends a JPEG there (the same decision
@@ -82,6 +89,27 @@ fn scaled_decode_memory(bytes: &[u8], opts: &CompressOptions) -> Option<(u64, u3
         jpeg_coefficient_bytes(&info)
     };
     Some((coefficients + pixels * channels, reduced))
+}
+
+/// What a JPEG going straight from its coefficients to libwebp's YUV picture holds
+/// (`decode::webp_from_ycbcr`): the picture (1.5 bytes a pixel), beside every coefficient of
+/// a file that cannot be read an MCU row at a time, then the picture and the encoder.
+fn webp_from_ycbcr_memory(bytes: &[u8], opts: &CompressOptions) -> Option<u64> {
+    if sniff(bytes).ok()? != InputFormat::Jpeg {
+        return None;
+    }
+    let info = crate::jpeg::info(bytes).ok()?;
+    if !super::decode::webp_from_ycbcr(&info, opts) {
+        return None;
+    }
+    let pixels = u64::from(info.width) * u64::from(info.height);
+    let planes = pixels * 3 / 2;
+    let coefficients = if info.streams {
+        0
+    } else {
+        jpeg_coefficient_bytes(&info)
+    };
+    Some((coefficients + planes).max(planes + super::webp::encoder_bytes(pixels, opts.quality)))
 }
 
 /// [`working_memory`] at the input's size, as JPEG.

@@ -287,8 +287,23 @@ impl From<CompressError> for Failure {
 /// [`CompressError::Panicked`]. (That requires the default `panic = "unwind"`; the panic hook
 /// still runs, so the panic message also reaches stderr/logs.)
 pub fn compress(bytes: &[u8], opts: &CompressOptions) -> Result<Compressed, CompressError> {
+    compress_releasing(bytes, opts, &|_| {})
+}
+
+/// [`compress`], calling `past_peak(bytes)` when what the rest of the work holds (beyond the
+/// input) falls to `bytes` for good, so that memory reserved for its peak can go to the next
+/// job early (`crate::memory::Reservation::shrink_to`). A WebP encode is the case: it runs
+/// for most of the time on a fraction of what its decode needed.
+pub fn compress_releasing(
+    bytes: &[u8],
+    opts: &CompressOptions,
+    past_peak: &dyn Fn(u64),
+) -> Result<Compressed, CompressError> {
     let opts = *opts;
-    guarded(move || decode::compress_unguarded(bytes, &opts))
+    // Unwind safety: the callback only gives memory back; nothing it touches is left
+    // half-changed by a panic in the codecs.
+    let past_peak = panic::AssertUnwindSafe(past_peak);
+    guarded(move || decode::compress_unguarded(bytes, &opts, *past_peak))
 }
 
 /// Runs `f`, turning a panic into [`CompressError::Panicked`].

@@ -45,7 +45,7 @@ mod tests;
 
 pub use forward::{encode_pixels, PixelLayout};
 pub(crate) use parse::{check_structure, StructureProblem};
-pub use scaled::{decode_scaled, ScaledPixels};
+pub use scaled::{decode_scaled, decode_yuv420, ScaledPixels, Yuv420Planes};
 pub use strip::{orientation_exif, strip_metadata, with_color_and_orientation};
 
 use std::fmt;

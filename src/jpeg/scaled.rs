@@ -70,6 +70,75 @@ pub fn decode_scaled(jpeg: &[u8], denominator: u32) -> Result<ScaledPixels, Jpeg
     })
 }
 
+/// Planes a full-size YCbCr 4:2:0 picture is decoded into (JPEG's full range): luma at the
+/// picture's size, chroma at half of it rounded up, each with its own stride.
+pub struct Yuv420Planes<'a> {
+    pub y: &'a mut [u8],
+    pub y_stride: usize,
+    pub u: &'a mut [u8],
+    pub v: &'a mut [u8],
+    pub uv_stride: usize,
+}
+
+/// Decodes `jpeg` at its full size into YCbCr 4:2:0 `planes`, for an encoder that wants
+/// exactly that (WebP): luma through the 8-point inverse DCT; chroma in the DCT domain at
+/// half the luma's resolution, so a 4:2:0 file's chroma is decoded as coded and a 4:4:4 or
+/// 4:2:2 one's is halved by a 4-point transform where it is full, and no plane is ever
+/// upsampled and averaged down again. Returns false for a gray file, whose chroma planes are
+/// left for the caller to fill. Refuses what [`decode_scaled`] refuses, and samplings whose
+/// chroma is coarser than 4:2:0 in either direction.
+pub fn decode_yuv420(jpeg: &[u8], planes: &mut Yuv420Planes<'_>) -> Result<bool, JpegError> {
+    let mut decoders: Vec<Plane> = Vec::new();
+    let (mut w, mut h) = (0usize, 0usize);
+    parse::read_coefficient_rows(jpeg, &mut |img, uy| {
+        if decoders.is_empty() {
+            decoders = Plane::for_yuv420(img)?;
+            w = usize::from(img.width);
+            h = usize::from(img.height);
+            let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+            let fits = |len: usize, stride: usize, width: usize, rows: usize| {
+                stride >= width && len >= stride * (rows - 1) + width
+            };
+            if !fits(planes.y.len(), planes.y_stride, w, h)
+                || (decoders.len() == 3
+                    && !(fits(planes.u.len(), planes.uv_stride, cw, ch)
+                        && fits(planes.v.len(), planes.uv_stride, cw, ch)))
+            {
+                return err("the planes are smaller than the picture");
+            }
+        }
+        for (ci, plane) in decoders.iter_mut().enumerate() {
+            plane.decode_mcu_row(img.mcu_row(ci, uy));
+        }
+        let outputs: [(&mut [u8], usize, usize, usize); 3] = [
+            (&mut *planes.y, planes.y_stride, w, h),
+            (
+                &mut *planes.u,
+                planes.uv_stride,
+                w.div_ceil(2),
+                h.div_ceil(2),
+            ),
+            (
+                &mut *planes.v,
+                planes.uv_stride,
+                w.div_ceil(2),
+                h.div_ceil(2),
+            ),
+        ];
+        for (plane, (out, stride, width, height)) in decoders.iter().zip(outputs) {
+            let first = uy * plane.rows;
+            for r in 0..plane.rows.min(height.saturating_sub(first)) {
+                out[(first + r) * stride..][..width].copy_from_slice(&plane.row(r)[..width]);
+            }
+        }
+        Ok(())
+    })?;
+    if decoders.is_empty() {
+        return err("no frame");
+    }
+    Ok(decoders.len() == 3)
+}
+
 /// One component's samples at the output's scale (whole blocks, so at least the picture's
 /// size), and the reduced inverse DCT that makes them from its blocks.
 struct Plane {
@@ -110,6 +179,32 @@ impl Plane {
             let (nx, ny) = (n * hmax / h, n * vmax / v);
             if nx > 8 || ny > 8 {
                 return err("chroma is subsampled more than this scale can undo");
+            }
+            planes.push(Plane::new(c, nx, ny));
+        }
+        Ok(planes)
+    }
+
+    /// Planes for [`decode_yuv420`]: the first component at the picture's size, the others
+    /// at half of it.
+    fn for_yuv420(img: &parse::Image) -> Result<Vec<Plane>, JpegError> {
+        let hmax = img.comps.iter().map(|c| c.h).max().unwrap_or(1) as usize;
+        let vmax = img.comps.iter().map(|c| c.v).max().unwrap_or(1) as usize;
+        if !matches!(img.comps.len(), 1 | 3) {
+            return err(format!("{} components", img.comps.len()));
+        }
+        let mut planes = Vec::with_capacity(img.comps.len());
+        for (ci, c) in img.comps.iter().enumerate() {
+            let (h, v) = (c.h as usize, c.v as usize);
+            // Output samples per block, across and down: 8 for luma at full size; chroma
+            // is wanted at half the size, so 4 times its subsampling.
+            let n = if ci == 0 { 8 } else { 4 };
+            if !(n * hmax).is_multiple_of(h) || !(n * vmax).is_multiple_of(v) {
+                return err("sampling factors do not divide for 4:2:0");
+            }
+            let (nx, ny) = (n * hmax / h, n * vmax / v);
+            if nx > 8 || ny > 8 || (ci == 0 && (nx, ny) != (8, 8)) {
+                return err("sampling cannot be brought to 4:2:0 without upsampling");
             }
             planes.push(Plane::new(c, nx, ny));
         }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::Ctx;
-use crate::compress::{compress, working_memory, CompressOptions, SizeBox};
+use crate::compress::{compress_releasing, working_memory, CompressOptions, SizeBox};
 use crate::core::{after_failure, backoff, ImageJob, ImageOutput, JobOutcome, Settled};
 use crate::failure::{ErrorCode, Failure};
 use crate::metrics::METRICS;
@@ -93,7 +93,9 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
     // its time limit still holds its core and its memory until it ends, so neither budget is
     // ever overdrawn.
     let work = tokio::task::spawn_blocking(move || {
-        let result = compress(&bytes, &opts);
+        // What the encode no longer needs goes back to the budget as soon as it is known.
+        let buffers = std::cell::RefCell::new(buffers);
+        let result = compress_releasing(&bytes, &opts, &|n| buffers.borrow_mut().shrink_to(n));
         drop(bytes);
         drop((permit, buffers, body_reservation));
         result
