@@ -62,8 +62,7 @@ impl Reservation {
         let Some(permit) = &mut self._permit else {
             return;
         };
-        if keep < held {
-            drop(permit.split((held - keep) as usize));
+        if keep < held && permit.split((held - keep) as usize).is_some() {
             self.bytes = keep * UNIT;
         }
     }

@@ -359,7 +359,11 @@ impl Job<'_> {
         let Ok(picture) = Picture::from_jpeg(bytes, width, height) else {
             return Ok(None);
         };
-        (self.past_peak)(picture.encoding_bytes(self.opts.quality));
+        // What is left: the encode, and the never-larger rule's lossless re-encode after it.
+        let rest = picture
+            .encoding_bytes(self.opts.quality)
+            .max(super::estimate::kept_bytes(&info, self.opts));
+        (self.past_peak)(rest);
         Ok(Some(Made {
             out: Compressed {
                 bytes: picture.encode(self.opts.quality)?,

@@ -99,7 +99,8 @@ fn webp_from_ycbcr_memory(bytes: &[u8], opts: &CompressOptions) -> Option<u64> {
         return None;
     }
     let info = crate::jpeg::info(bytes).ok()?;
-    if !super::decode::webp_from_ycbcr(&info, opts) {
+    // A profile may send it through pixels after all (other than sRGB): counted as such.
+    if !super::decode::webp_from_ycbcr(&info, opts) || info.icc_profile.is_some() {
         return None;
     }
     let pixels = u64::from(info.width) * u64::from(info.height);
@@ -109,7 +110,23 @@ fn webp_from_ycbcr_memory(bytes: &[u8], opts: &CompressOptions) -> Option<u64> {
     } else {
         jpeg_coefficient_bytes(&info)
     };
-    Some((coefficients + planes).max(planes + super::webp::encoder_bytes(pixels, opts.quality)))
+    let encoding = planes + super::webp::encoder_bytes(pixels, opts.quality);
+    Some(
+        (coefficients + planes)
+            .max(encoding)
+            .max(kept_bytes(&info, opts)),
+    )
+}
+
+/// What the never-larger rule holds after a WebP came out larger than a JPEG input: the
+/// lossless re-encode reads every coefficient and writes a file of about an eighth of them.
+pub(super) fn kept_bytes(info: &crate::jpeg::Info, opts: &CompressOptions) -> u64 {
+    if opts.never_larger {
+        let coefficients = jpeg_coefficient_bytes(info);
+        coefficients + coefficients / 8
+    } else {
+        0
+    }
 }
 
 /// [`working_memory`] at the input's size, as JPEG.

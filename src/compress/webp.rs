@@ -143,6 +143,13 @@ impl Picture {
         let (w, h) = (width as usize, height as usize);
         let (y_stride, uv_stride) = (p.y_stride as usize, p.uv_stride as usize);
         let uv_rows = h.div_ceil(2);
+        // SAFETY: the planes' sizes as WebPPictureAlloc made them (below); zeroed first, so
+        // no slice is ever over uninitialised memory whatever the decoder leaves unwritten.
+        unsafe {
+            std::ptr::write_bytes(p.y, 0, y_stride * h);
+            std::ptr::write_bytes(p.u, 128, uv_stride * uv_rows);
+            std::ptr::write_bytes(p.v, 128, uv_stride * uv_rows);
+        }
         // SAFETY: WebPPictureAlloc made `y` of `y_stride` x height bytes and `u`, `v` of
         // `uv_stride` x ceil(height/2); they live as long as the picture, borrowed here only.
         let (y, u, v) = unsafe {
