@@ -28,11 +28,7 @@ pub(super) fn webp_quality(jpeg_quality: u8) -> f32 {
         (100.0, 100.0),
     ];
     let q = f32::from(jpeg_quality.clamp(1, 100));
-    let i = MEASURED
-        .iter()
-        .position(|&(j, _)| j >= q)
-        .unwrap_or(10)
-        .max(1);
+    let i = segment(&MEASURED, q);
     let ((j0, w0), (j1, w1)) = (MEASURED[i - 1], MEASURED[i]);
     w0 + (w1 - w0) * (q - j0) / (j1 - j0)
 }
@@ -56,14 +52,20 @@ pub(super) fn encoder_bytes(pixels: u64, jpeg_quality: u8) -> u64 {
         (100, 128),
     ];
     let q = u64::from(jpeg_quality.clamp(1, 100));
-    let i = MEASURED
-        .iter()
-        .position(|&(j, _)| j >= q)
-        .unwrap_or(7)
-        .max(1);
+    let i = segment(&MEASURED, q);
     let ((q0, b0), (q1, b1)) = (MEASURED[i - 1], MEASURED[i]);
     let tenths = b0 * (q1 - q) + b1 * (q - q0);
     pixels * tenths / (10 * (q1 - q0))
+}
+
+/// The end of the segment of a measured table (by JPEG-scale quality, rising, from 0 to 100)
+/// that holds `q`: the two tables above are interpolated between entries `i - 1` and `i`.
+fn segment<T: PartialOrd + Copy, V>(table: &[(T, V)], q: T) -> usize {
+    table
+        .iter()
+        .position(|&(j, _)| j >= q)
+        .unwrap_or(table.len() - 1)
+        .max(1)
 }
 
 /// A picture in libwebp's own YUV 4:2:0, made from our pixels: what the encoder reads. Once it
