@@ -333,6 +333,10 @@ impl Job<'_> {
     /// when it may not go that way, or the coefficient reader refuses the file: the pixel path
     /// takes it then (and gives the precise error of a broken one).
     fn jpeg_webp(&self, bytes: &[u8]) -> Result<Option<Made>, CompressError> {
+        // Before the header is read again: JPEG output, the usual case, never goes this way.
+        if self.opts.format != FormatChoice::Webp {
+            return Ok(None);
+        }
         let Ok(info) = crate::jpeg::info(bytes) else {
             return Ok(None);
         };
