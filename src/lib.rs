@@ -3,6 +3,7 @@
 //! [`start`] builds the whole service from a [`Config`]; `main.rs` and the integration tests both
 //! use it, so tests run exactly what production runs.
 
+pub mod allocator;
 pub mod api;
 pub mod bundle;
 pub mod client;
@@ -36,6 +37,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// The unit tests run on the service's allocator (`main.rs` sets it for the binary).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: allocator::LargeBlocks = allocator::LargeBlocks;
 
 use crate::api::{ApiKeys, AppState};
 use crate::core::Core;

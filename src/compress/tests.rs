@@ -441,7 +441,28 @@ fn bench_4000x3000_jpeg() {
         .unwrap_or_else(|_| "/work/shared/bench-images/x2_mosaic_flowers_4000x3000_q90.jpg".into());
     let input = std::fs::read(&path).expect("bench image present");
     let quality = std::env::var("COMPRESS_BENCH_QUALITY").map_or(80, |q| q.parse().unwrap());
-    let opts = CompressOptions { quality, ..OPTS };
+    let side = std::env::var("COMPRESS_BENCH_BOX")
+        .ok()
+        .map(|b| b.parse().unwrap());
+    let format = match std::env::var("COMPRESS_BENCH_FORMAT").as_deref() {
+        Ok("webp") => FormatChoice::Webp,
+        Ok("auto") => FormatChoice::Auto,
+        _ => FormatChoice::Jpeg,
+    };
+    let opts = CompressOptions {
+        quality,
+        size_box: SizeBox {
+            max_width: side,
+            max_height: side,
+        },
+        format,
+        ..OPTS
+    };
+    // Beside the process's peak RSS (`/usr/bin/time -v`), what the budget reserves for it.
+    println!(
+        "estimate {:.1} MB",
+        super::working_memory(&input, &opts) as f64 / 1e6
+    );
     let first = compress(&input, &opts).unwrap(); // warm-up
     if let Ok(out) = std::env::var("COMPRESS_BENCH_OUT") {
         std::fs::write(out, &first.bytes).unwrap();
