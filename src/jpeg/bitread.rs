@@ -11,14 +11,24 @@ use super::{err, JpegError};
 
 pub(crate) struct BitReader<'a> {
     data: &'a [u8],
-    /// Next unread byte.
-    pub(crate) pos: usize,
-    buf: u64,
-    /// Valid bits at the top of `buf`.
-    nbits: u32,
+    /// The bit buffer and the next unread byte.
+    pub(super) w: Window,
     /// Zero bytes fed after hitting a marker or the end of the data.
     fake_bytes: u32,
     at_marker: bool,
+}
+
+/// The part of a [`BitReader`] that changes on every symbol. A decoding loop copies it into a
+/// local ([`BitReader::ensure_in`]) so that the compiler keeps it in registers: reached
+/// through the reader, whose slow refill is a call that may write it, the buffer was stored
+/// and reloaded around every symbol, a store-to-load round trip on the loop's critical path.
+#[derive(Clone, Copy)]
+pub(crate) struct Window {
+    buf: u64,
+    /// Valid bits at the top of `buf`.
+    nbits: u32,
+    /// Next unread byte.
+    pub(crate) pos: usize,
 }
 
 /// True if any byte of `w` is 0xFF (bit trick: a zero byte in `!w`).
@@ -28,83 +38,20 @@ pub(crate) fn has_ff(w: u64) -> bool {
     (x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080) != 0
 }
 
-impl<'a> BitReader<'a> {
-    pub(crate) fn new(data: &'a [u8], pos: usize) -> Self {
-        BitReader {
-            data,
-            pos,
-            buf: 0,
-            nbits: 0,
-            fake_bytes: 0,
-            at_marker: false,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn refill(&mut self) {
-        // Fast path: eight bytes without 0xFF can be appended wholesale. Bits below the valid
-        // region are then the true next bits, so OR-ing the same bytes in later is harmless.
-        if self.pos + 8 <= self.data.len() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&self.data[self.pos..self.pos + 8]);
-            let w = u64::from_be_bytes(b);
-            if !has_ff(w) {
-                self.buf |= w >> self.nbits;
-                let k = (63 - self.nbits) / 8;
-                self.pos += k as usize;
-                self.nbits += k * 8;
-                return;
-            }
-        }
-        self.refill_slow();
-    }
-
-    #[cold]
-    fn refill_slow(&mut self) {
-        while self.nbits <= 56 {
-            let mut byte = 0u8;
-            if !self.at_marker && self.pos < self.data.len() {
-                let b = self.data[self.pos];
-                if b != 0xFF {
-                    byte = b;
-                    self.pos += 1;
-                } else if self.data.get(self.pos + 1) == Some(&0) {
-                    byte = 0xFF;
-                    self.pos += 2;
-                } else {
-                    // A marker (or FF at the very end): stop here, leave `pos` on the FF.
-                    self.at_marker = true;
-                    self.fake_bytes += 1;
-                }
-            } else {
-                self.fake_bytes += 1;
-            }
-            self.buf |= u64::from(byte) << (56 - self.nbits);
-            self.nbits += 8;
-        }
-    }
-
+impl Window {
     /// Top 16 bits of the buffer (valid after a refill).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn peek16(&self) -> u32 {
         (self.buf >> 48) as u32
     }
 
     /// Top 32 bits of the buffer (valid after `ensure`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn peek32(&self) -> u32 {
         (self.buf >> 32) as u32
     }
 
-    /// Makes sure at least 32 bits are buffered: enough for a code and its extra bits.
-    #[inline]
-    pub(crate) fn ensure(&mut self) {
-        if self.nbits < 32 {
-            self.refill();
-        }
-    }
-
-    #[inline]
+    #[inline(always)]
     pub(crate) fn consume(&mut self, n: u32) {
         // Callers `ensure` before each symbol and take at most 32 bits after it, so n <= nbits
         // and n < 64; the min only keeps a broken caller from wrapping `nbits`.
@@ -114,7 +61,7 @@ impl<'a> BitReader<'a> {
     }
 
     /// Reads `n` (0-16) raw bits.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get_bits(&mut self, n: u32) -> u32 {
         // Two shifts so that n = 0 needs no branch (a shift by 64 would).
         let v = (self.buf >> 1 >> (63 - n)) as u32;
@@ -123,16 +70,88 @@ impl<'a> BitReader<'a> {
     }
 
     /// Reads `s` extra bits and sign-extends them as T.81 F.2.2.1 EXTEND does.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn receive_extend(&mut self, s: u32) -> i32 {
         let v = self.get_bits(s);
         extend(v, s)
     }
 
+    /// The fast refill: eight bytes without 0xFF appended wholesale. Bits below the valid
+    /// region are then the true next bits, so OR-ing the same bytes in later is harmless.
+    /// False when the bytes ahead need the byte-at-a-time refill.
+    #[inline(always)]
+    fn refill_fast(&mut self, data: &[u8]) -> bool {
+        let Some(next) = data.get(self.pos..self.pos + 8) else {
+            return false;
+        };
+        let w = u64::from_be_bytes(next.try_into().expect("eight bytes"));
+        if has_ff(w) {
+            return false;
+        }
+        self.buf |= w >> self.nbits;
+        let k = (63 - self.nbits) / 8;
+        self.pos += k as usize;
+        self.nbits += k * 8;
+        true
+    }
+}
+
+impl<'a> BitReader<'a> {
+    pub(crate) fn new(data: &'a [u8], pos: usize) -> Self {
+        BitReader {
+            data,
+            w: Window {
+                buf: 0,
+                nbits: 0,
+                pos,
+            },
+            fake_bytes: 0,
+            at_marker: false,
+        }
+    }
+
+    /// Makes sure `w`, this reader's window held in a caller's local, has at least 32 bits
+    /// buffered. The window goes back into the reader only for the rare slow refill.
+    #[inline(always)]
+    pub(crate) fn ensure_in(&mut self, w: &mut Window) {
+        if w.nbits < 32 && !w.refill_fast(self.data) {
+            self.w = *w;
+            self.refill_slow();
+            *w = self.w;
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refill_slow(&mut self) {
+        let w = &mut self.w;
+        while w.nbits <= 56 {
+            let mut byte = 0u8;
+            if !self.at_marker && w.pos < self.data.len() {
+                let b = self.data[w.pos];
+                if b != 0xFF {
+                    byte = b;
+                    w.pos += 1;
+                } else if self.data.get(w.pos + 1) == Some(&0) {
+                    byte = 0xFF;
+                    w.pos += 2;
+                } else {
+                    // A marker (or FF at the very end): stop here, leave `pos` on the FF.
+                    self.at_marker = true;
+                    self.fake_bytes += 1;
+                }
+            } else {
+                self.fake_bytes += 1;
+            }
+            w.buf |= u64::from(byte) << (56 - w.nbits);
+            w.nbits += 8;
+        }
+    }
+
     /// Ok if every bit consumed so far was real data, Err if decoding ran into a marker or
     /// past the end of the input.
     pub(crate) fn check_not_overrun(&self) -> Result<(), JpegError> {
-        if self.fake_bytes * 8 > self.nbits {
+        if self.fake_bytes * 8 > self.w.nbits {
             return err("entropy-coded data is truncated or corrupt");
         }
         Ok(())
@@ -142,14 +161,14 @@ impl<'a> BitReader<'a> {
     /// after it). Used at restart intervals and at the end of a scan.
     pub(crate) fn next_marker(&mut self) -> Result<(u8, usize), JpegError> {
         self.check_not_overrun()?;
-        self.buf = 0;
-        self.nbits = 0;
+        self.w.buf = 0;
+        self.w.nbits = 0;
         self.fake_bytes = 0;
         self.at_marker = false;
         // Only padding bits can be left; anything but fill bytes before the marker means the
         // data was corrupt.
         let d = self.data;
-        let mut p = self.pos;
+        let mut p = self.w.pos;
         while p < d.len() && d[p] == 0xFF && d.get(p + 1) == Some(&0xFF) {
             p += 1;
         }
@@ -159,7 +178,7 @@ impl<'a> BitReader<'a> {
         if d[p] != 0xFF || d[p + 1] == 0 {
             return err("extraneous bytes in entropy-coded data");
         }
-        self.pos = p + 2;
+        self.w.pos = p + 2;
         Ok((d[p + 1], p + 2))
     }
 }

@@ -1,6 +1,6 @@
 //! Entropy decoding of one scan into the frame's coefficient buffers.
 
-use super::bitread::BitReader;
+use super::bitread::{BitReader, Window};
 use super::encode::nonzero_mask;
 use super::huffman::DecodeTable;
 use super::parse::{Image, RowSink};
@@ -157,6 +157,24 @@ fn decode_units(
     carry: &mut Carry,
     uy: usize,
 ) -> Result<(), JpegError> {
+    // The reader's window in a local for the row (see `bitread::Window`), back in the reader
+    // on every way out.
+    let mut w = r.w;
+    let result = decode_units_in(img, p, r, &mut w, g, carry, uy);
+    r.w = w;
+    result
+}
+
+#[inline(always)]
+fn decode_units_in(
+    img: &mut Image,
+    p: &ScanParams,
+    r: &mut BitReader,
+    w: &mut Window,
+    g: &Geometry,
+    carry: &mut Carry,
+    uy: usize,
+) -> Result<(), JpegError> {
     let ns = p.comps.len();
     let row_base = if img.rolling { uy } else { 0 };
     // Split borrows: collect mutable slices of each scanned component's buffer.
@@ -178,7 +196,10 @@ fn decode_units(
     for ux in 0..g.units_x {
         let mcu = uy * g.units_x + ux;
         if ri > 0 && mcu > 0 && mcu.is_multiple_of(ri) {
-            let (m, _) = r.next_marker()?;
+            r.w = *w;
+            let marker = r.next_marker();
+            *w = r.w;
+            let (m, _) = marker?;
             if m != 0xD0 + carry.expected_rst {
                 return err("missing or out-of-order restart marker");
             }
@@ -203,23 +224,26 @@ fn decode_units(
             match g.mode {
                 Mode::Baseline => decode_block_baseline(
                     r,
+                    w,
                     dct.ok_or_else(missing)?,
                     act.ok_or_else(missing)?,
                     pred,
                     block,
                 )?,
-                Mode::DcFirst => decode_dc_first(r, dct.ok_or_else(missing)?, pred, p.al, block)?,
+                Mode::DcFirst => {
+                    decode_dc_first(r, w, dct.ok_or_else(missing)?, pred, p.al, block)?
+                }
                 Mode::DcRefine => {
-                    r.ensure();
-                    if r.get_bits(1) != 0 {
+                    r.ensure_in(w);
+                    if w.get_bits(1) != 0 {
                         block[0] |= 1 << p.al;
                     }
                 }
                 Mode::AcFirst => {
-                    decode_ac_first(r, act.ok_or_else(missing)?, p, &mut carry.eobrun, block)?
+                    decode_ac_first(r, w, act.ok_or_else(missing)?, p, &mut carry.eobrun, block)?
                 }
                 Mode::AcRefine => {
-                    decode_ac_refine(r, act.ok_or_else(missing)?, p, &mut carry.eobrun, block)?
+                    decode_ac_refine(r, w, act.ok_or_else(missing)?, p, &mut carry.eobrun, block)?
                 }
             }
         }
@@ -240,17 +264,18 @@ enum Mode {
 #[inline]
 fn decode_dc_first(
     r: &mut BitReader,
+    w: &mut Window,
     dc: &DecodeTable,
     pred: &mut i32,
     al: u8,
     block: &mut [i16; 64],
 ) -> Result<(), JpegError> {
-    r.ensure();
-    let s = u32::from(dc.decode(r)?);
+    r.ensure_in(w);
+    let s = u32::from(dc.decode(w)?);
     if s > 11 {
         return err("DC difference out of range");
     }
-    *pred = pred.wrapping_add(r.receive_extend(s));
+    *pred = pred.wrapping_add(w.receive_extend(s));
     block[0] = pred.wrapping_shl(u32::from(al)) as i16;
     Ok(())
 }
@@ -259,6 +284,7 @@ fn decode_dc_first(
 /// runs that cover many blocks at once.
 fn decode_ac_first(
     r: &mut BitReader,
+    w: &mut Window,
     ac: &DecodeTable,
     p: &ScanParams,
     eobrun: &mut u32,
@@ -271,8 +297,8 @@ fn decode_ac_first(
     let mut k = p.ss as usize;
     let se = p.se as usize;
     while k <= se {
-        r.ensure();
-        if let Some((run, value)) = ac.take_fast_ac(r) {
+        r.ensure_in(w);
+        if let Some((run, value)) = ac.take_fast_ac(w) {
             k += run;
             if k > 63 {
                 return err("AC coefficient index out of range");
@@ -281,13 +307,13 @@ fn decode_ac_first(
             k += 1;
             continue;
         }
-        let rs = ac.decode(r)?;
+        let rs = ac.decode(w)?;
         let run = u32::from(rs >> 4);
         let size = u32::from(rs & 15);
         if size == 0 {
             if run < 15 {
                 // EOBn: this block and the next 2^run - 1 + extra bits blocks end here.
-                *eobrun = (1 << run) - 1 + r.get_bits(run);
+                *eobrun = (1 << run) - 1 + w.get_bits(run);
                 break;
             }
             k += 16;
@@ -297,7 +323,7 @@ fn decode_ac_first(
         if k > 63 {
             return err("AC coefficient index out of range");
         }
-        block[k] = r.receive_extend(size).wrapping_shl(u32::from(p.al)) as i16;
+        block[k] = w.receive_extend(size).wrapping_shl(u32::from(p.al)) as i16;
         k += 1;
     }
     Ok(())
@@ -312,6 +338,7 @@ fn decode_ac_first(
 /// progressive files spend most of their decoding time here.
 fn decode_ac_refine(
     r: &mut BitReader,
+    w: &mut Window,
     ac: &DecodeTable,
     p: &ScanParams,
     eobrun: &mut u32,
@@ -324,24 +351,24 @@ fn decode_ac_refine(
     let mut k = u32::from(p.ss);
     if *eobrun == 0 {
         while k <= se {
-            r.ensure();
+            r.ensure_in(w);
             // Newly nonzero coefficients are run/size codes of size 1 followed by a sign bit:
             // `fast_ac` resolves both at once.
-            let (run, value) = if let Some((run, v)) = ac.take_fast_ac(r) {
+            let (run, value) = if let Some((run, v)) = ac.take_fast_ac(w) {
                 if v.unsigned_abs() != 1 {
                     return err("bad AC refinement code");
                 }
                 (run as u32, if v > 0 { p1 } else { p1.wrapping_neg() })
             } else {
-                let rs = ac.decode(r)?;
+                let rs = ac.decode(w)?;
                 let run = u32::from(rs >> 4);
                 match rs & 15 {
                     0 if run != 15 => {
-                        *eobrun = (1 << run) + r.get_bits(run);
+                        *eobrun = (1 << run) + w.get_bits(run);
                         break;
                     }
                     0 => (run, 0),
-                    1 if r.get_bits(1) != 0 => (run, p1),
+                    1 if w.get_bits(1) != 0 => (run, p1),
                     1 => (run, p1.wrapping_neg()),
                     _ => return err("bad AC refinement code"),
                 }
@@ -351,7 +378,7 @@ fn decode_ac_refine(
             let ahead = band & (u64::MAX << k);
             let stop = nth_set_bit(!nonzero & ahead, run);
             // stop - 1: the bits below it, or all of them when there is no stop.
-            refine_bits(r, block, nonzero & ahead & stop.wrapping_sub(1), p1);
+            refine_bits(r, w, block, nonzero & ahead & stop.wrapping_sub(1), p1);
             let at = stop.trailing_zeros();
             if value != 0 {
                 if at > se {
@@ -365,7 +392,7 @@ fn decode_ac_refine(
     if *eobrun > 0 {
         // Inside an end-of-band run: only correction bits remain for this block.
         if k <= se {
-            refine_bits(r, block, nonzero & (u64::MAX << k), p1);
+            refine_bits(r, w, block, nonzero & (u64::MAX << k), p1);
         }
         *eobrun -= 1;
     }
@@ -427,11 +454,11 @@ const SELECT_IN_BYTE: [u8; 2048] = {
 /// Reads one correction bit per coefficient in `mask` (in coefficient order) and applies it:
 /// a set bit adds 1 << al to the magnitude, unless that bit of the magnitude is already set.
 #[inline(always)]
-fn refine_bits(r: &mut BitReader, block: &mut [i16; 64], mut mask: u64, p1: i16) {
+fn refine_bits(r: &mut BitReader, w: &mut Window, block: &mut [i16; 64], mut mask: u64, p1: i16) {
     while mask != 0 {
-        r.ensure();
+        r.ensure_in(w);
         // Up to 32 bits per refill, the first coefficient's bit at the top.
-        let mut bits = r.peek32();
+        let mut bits = w.peek32();
         let mut used = 0;
         while mask != 0 && used < 32 {
             let k = mask.trailing_zeros() as usize;
@@ -446,7 +473,7 @@ fn refine_bits(r: &mut BitReader, block: &mut [i16; 64], mut mask: u64, p1: i16)
             bits <<= 1;
             used += 1;
         }
-        r.consume(used);
+        w.consume(used);
     }
 }
 
@@ -455,23 +482,24 @@ fn refine_bits(r: &mut BitReader, block: &mut [i16; 64], mut mask: u64, p1: i16)
 #[inline]
 fn decode_block_baseline(
     r: &mut BitReader,
+    w: &mut Window,
     dc: &DecodeTable,
     ac: &DecodeTable,
     pred: &mut i32,
     block: &mut [i16; 64],
 ) -> Result<(), JpegError> {
-    r.ensure();
-    let s = u32::from(dc.decode(r)?);
+    r.ensure_in(w);
+    let s = u32::from(dc.decode(w)?);
     if s > 11 {
         return err("DC difference out of range");
     }
-    let diff = r.receive_extend(s);
+    let diff = w.receive_extend(s);
     *pred = pred.wrapping_add(diff);
     block[0] = *pred as i16;
     let mut k = 1usize;
     while k < 64 {
-        r.ensure();
-        if let Some((run, value)) = ac.take_fast_ac(r) {
+        r.ensure_in(w);
+        if let Some((run, value)) = ac.take_fast_ac(w) {
             k += run;
             if k > 63 {
                 return err("AC coefficient index out of range");
@@ -480,7 +508,7 @@ fn decode_block_baseline(
             k += 1;
             continue;
         }
-        let rs = ac.decode(r)?;
+        let rs = ac.decode(w)?;
         let run = (rs >> 4) as usize;
         let size = u32::from(rs & 15);
         if size == 0 {
@@ -494,7 +522,7 @@ fn decode_block_baseline(
         if k > 63 {
             return err("AC coefficient index out of range");
         }
-        block[k] = r.receive_extend(size) as i16;
+        block[k] = w.receive_extend(size) as i16;
         k += 1;
     }
     Ok(())

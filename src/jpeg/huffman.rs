@@ -1,6 +1,6 @@
 //! Huffman tables: decoding (table-driven), optimal length-limited construction, encoding.
 
-use super::bitread::BitReader;
+use super::bitread::Window;
 use super::{err, JpegError};
 
 /// Bits resolved by one table lookup; codes up to this length (nearly all of them in practice)
@@ -84,39 +84,43 @@ impl DecodeTable {
         })
     }
 
-    /// Decodes one symbol. The reader must have at least 16 valid bits (refill first).
-    #[inline]
-    pub(crate) fn decode(&self, r: &mut BitReader) -> Result<u8, JpegError> {
-        let bits = r.peek16();
+    /// Decodes one symbol. The window must hold at least 16 valid bits (refill first).
+    #[inline(always)]
+    pub(crate) fn decode(&self, w: &mut Window) -> Result<u8, JpegError> {
+        let bits = w.peek16();
         let e = self.lookup[(bits >> (16 - LOOKAHEAD)) as usize];
         if e != 0 {
-            r.consume(u32::from(e >> 8));
+            w.consume(u32::from(e >> 8));
             return Ok(e as u8);
         }
-        self.decode_slow(r, bits)
+        let (len, symbol) = self.decode_long(bits)?;
+        w.consume(len);
+        Ok(symbol)
     }
 
     /// (zero run, coefficient) of the next AC code if `fast_ac` resolves it, consuming its
-    /// bits; None leaves the reader as it was. The reader must have at least 16 valid bits.
-    #[inline]
-    pub(crate) fn take_fast_ac(&self, r: &mut BitReader) -> Option<(usize, i32)> {
-        let f = self.fast_ac[(r.peek16() >> (16 - LOOKAHEAD)) as usize];
+    /// bits; None leaves the window as it was. The window must hold at least 16 valid bits.
+    #[inline(always)]
+    pub(crate) fn take_fast_ac(&self, w: &mut Window) -> Option<(usize, i32)> {
+        let f = self.fast_ac[(w.peek16() >> (16 - LOOKAHEAD)) as usize];
         if f == 0 {
             return None;
         }
-        r.consume((f & 0xFF) as u32);
+        w.consume((f & 0xFF) as u32);
         Some((((f >> 8) & 0xFF) as usize, f >> 16))
     }
 
+    /// (length, symbol) of a code longer than the lookahead, from the next 16 bits. Takes no
+    /// reader, so that calling it does not make the caller's bit buffer live in memory.
     #[cold]
-    fn decode_slow(&self, r: &mut BitReader, bits: u32) -> Result<u8, JpegError> {
+    #[inline(never)]
+    fn decode_long(&self, bits: u32) -> Result<(u32, u8), JpegError> {
         for len in (LOOKAHEAD + 1)..=16 {
             let code = (bits >> (16 - len)) as i32;
             if code <= self.maxcode[len as usize] {
                 let idx = self.valoffset[len as usize] + code;
-                r.consume(len);
                 return match self.symbols.get(idx as usize) {
-                    Some(&s) => Ok(s),
+                    Some(&s) => Ok((len, s)),
                     None => err("invalid Huffman code"),
                 };
             }
