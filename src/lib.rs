@@ -38,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-/// The unit tests run on the service's allocator (`main.rs` sets it for the binary).
-#[cfg(test)]
+/// Large blocks mapped on their own, with huge pages (see [`allocator`]); set here so that the
+/// binary, the unit tests and the integration tests (which start the service in process) all
+/// run on it.
 #[global_allocator]
 static ALLOC: allocator::LargeBlocks = allocator::LargeBlocks;
 

@@ -5,10 +5,6 @@ use imgbatch::config::{Cli, Command};
 use imgbatch::core::Core;
 use imgbatch::telemetry;
 
-/// Large blocks mapped on their own, with huge pages (see `imgbatch::allocator`).
-#[global_allocator]
-static ALLOC: imgbatch::allocator::LargeBlocks = imgbatch::allocator::LargeBlocks;
-
 fn main() -> std::process::ExitCode {
     // Before the runtime starts its threads.
     imgbatch::memory::tune_allocator();

@@ -28,7 +28,7 @@ pub(crate) struct Window {
     /// Valid bits at the top of `buf`.
     nbits: u32,
     /// Next unread byte.
-    pub(crate) pos: usize,
+    pos: usize,
 }
 
 /// True if any byte of `w` is 0xFF (bit trick: a zero byte in `!w`).
@@ -45,7 +45,7 @@ impl Window {
         (self.buf >> 48) as u32
     }
 
-    /// Top 32 bits of the buffer (valid after `ensure`).
+    /// Top 32 bits of the buffer (valid after `BitReader::ensure_in`).
     #[inline(always)]
     pub(crate) fn peek32(&self) -> u32 {
         (self.buf >> 32) as u32
@@ -53,7 +53,7 @@ impl Window {
 
     #[inline(always)]
     pub(crate) fn consume(&mut self, n: u32) {
-        // Callers `ensure` before each symbol and take at most 32 bits after it, so n <= nbits
+        // Callers `ensure_in` before each symbol and take at most 32 bits after it, so n <= nbits
         // and n < 64; the min only keeps a broken caller from wrapping `nbits`.
         let n = n.min(self.nbits);
         self.buf = self.buf.wrapping_shl(n);
@@ -146,6 +146,14 @@ impl<'a> BitReader<'a> {
             w.buf |= u64::from(byte) << (56 - w.nbits);
             w.nbits += 8;
         }
+    }
+
+    /// [`Self::next_marker`] for a caller holding the window in `w`.
+    pub(crate) fn next_marker_in(&mut self, w: &mut Window) -> Result<(u8, usize), JpegError> {
+        self.w = *w;
+        let marker = self.next_marker();
+        *w = self.w;
+        marker
     }
 
     /// Ok if every bit consumed so far was real data, Err if decoding ran into a marker or

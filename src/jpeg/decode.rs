@@ -196,10 +196,7 @@ fn decode_units_in(
     for ux in 0..g.units_x {
         let mcu = uy * g.units_x + ux;
         if ri > 0 && mcu > 0 && mcu.is_multiple_of(ri) {
-            r.w = *w;
-            let marker = r.next_marker();
-            *w = r.w;
-            let (m, _) = marker?;
+            let (m, _) = r.next_marker_in(w)?;
             if m != 0xD0 + carry.expected_rst {
                 return err("missing or out-of-order restart marker");
             }

@@ -328,10 +328,12 @@ impl Plane {
 fn to_samples(acc: &[f32; 8]) -> [u8; 8] {
     let mut px = [0u8; 8];
     for (o, &a) in px.iter_mut().zip(acc) {
-        // Compare-and-select, which is what maxps/minps do (NaN cannot occur: finite inputs).
+        // Compare-and-select, which is what maxps/minps do. The order matters for the unsafe
+        // conversion below: a NaN fails `a > 0.0` and becomes 0, infinities become 0 or 255
+        // (`f32::max`/`min` would pass a NaN through).
         let a = if a > 0.0 { a } else { 0.0 };
         let a = if a < 255.0 { a } else { 255.0 };
-        // SAFETY: `a + 0.5` is within 0.5..=255.5, which an i32 holds.
+        // SAFETY: after the two selects `a + 0.5` is within 0.5..=255.5, which an i32 holds.
         *o = unsafe { (a + 0.5).to_int_unchecked::<i32>() } as u8;
     }
     px
