@@ -38,15 +38,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+use crate::api::{ApiKeys, AppState};
+use crate::core::Core;
+use crate::worker::WorkerPool;
+
 /// Large blocks mapped on their own, with huge pages (see [`allocator`]); set here so that the
 /// binary, the unit tests and the integration tests (which start the service in process) all
 /// run on it.
 #[global_allocator]
 static ALLOC: allocator::LargeBlocks = allocator::LargeBlocks;
-
-use crate::api::{ApiKeys, AppState};
-use crate::core::Core;
-use crate::worker::WorkerPool;
 
 /// A running service: its HTTP server and its workers.
 pub struct Server {

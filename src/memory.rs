@@ -32,7 +32,10 @@ pub fn tune_allocator() {
         // SAFETY: mallopt only sets allocator parameters; called before the runtime's threads
         // exist. A zero return (refused) leaves glibc's defaults, which are merely bigger.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            libc::mallopt(
+                libc::M_MMAP_THRESHOLD,
+                crate::allocator::LARGE as libc::c_int,
+            );
         }
     }
 }

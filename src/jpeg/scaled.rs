@@ -273,7 +273,7 @@ impl Plane {
                     // then 128 + tmp[0][x]·my[y][0], equal for every x and y.
                     let f = f32::from(block[0]) * self.q[0];
                     let a = 128.0 + (f * self.mx[0][0]) * self.my[0][0];
-                    let px = to_samples(&[a; 8])[0];
+                    let px = to_sample(a);
                     for y in 0..ny {
                         self.data[base + y * stride..][..nx].fill(px);
                     }
@@ -321,22 +321,29 @@ impl Plane {
     }
 }
 
-/// Eight transform outputs (level-shifted) as samples: clamped to 0-255, rounded half up.
-/// Written so that it compiles to a few vector instructions: a saturating `as` on each lane
-/// (with its NaN and range checks) was most of the transform's instructions.
+/// Eight transform outputs (level-shifted) as samples, with a loop the compiler turns into a
+/// few vector instructions.
 #[inline(always)]
 fn to_samples(acc: &[f32; 8]) -> [u8; 8] {
     let mut px = [0u8; 8];
     for (o, &a) in px.iter_mut().zip(acc) {
-        // Compare-and-select, which is what maxps/minps do. The order matters for the unsafe
-        // conversion below: a NaN fails `a > 0.0` and becomes 0, infinities become 0 or 255
-        // (`f32::max`/`min` would pass a NaN through).
-        let a = if a > 0.0 { a } else { 0.0 };
-        let a = if a < 255.0 { a } else { 255.0 };
-        // SAFETY: after the two selects `a + 0.5` is within 0.5..=255.5, which an i32 holds.
-        *o = unsafe { (a + 0.5).to_int_unchecked::<i32>() } as u8;
+        *o = to_sample(a);
     }
     px
+}
+
+/// A transform output (level-shifted) as a sample: clamped to 0-255, rounded half up. Not a
+/// saturating `as`, whose NaN and range checks on each lane were most of the transform's
+/// instructions.
+#[inline(always)]
+fn to_sample(a: f32) -> u8 {
+    // Compare-and-select, which is what maxps/minps do. The order matters for the unsafe
+    // conversion below: a NaN fails `a > 0.0` and becomes 0, infinities become 0 or 255
+    // (`f32::max`/`min` would pass a NaN through).
+    let a = if a > 0.0 { a } else { 0.0 };
+    let a = if a < 255.0 { a } else { 255.0 };
+    // SAFETY: after the two selects `a + 0.5` is within 0.5..=255.5, which an i32 holds.
+    unsafe { (a + 0.5).to_int_unchecked::<i32>() as u8 }
 }
 
 /// The N-point inverse DCT's basis with the 8-point transform's scale: `m[x * 8 + u]` =
