@@ -38,6 +38,8 @@ struct Geometry<'a> {
     /// Blocks per buffer row, per slot.
     bws: Vec<usize>,
     tables: Vec<(Option<&'a DecodeTable>, Option<&'a DecodeTable>)>,
+    /// Refinement scans take `decode_units_bmi2` (see `decode_ac_refine`).
+    bmi2: bool,
 }
 
 /// What carries from one unit to the next: DC predictions, the end-of-band run, the next
@@ -144,7 +146,24 @@ fn geometry<'a>(img: &Image, p: &ScanParams<'a>) -> Result<Geometry<'a>, JpegErr
         unit,
         bws,
         tables,
+        bmi2: matches!(mode, Mode::AcRefine) && bmi2_available(),
     })
+}
+
+/// Whether this CPU has BMI2's bit deposit (`pdep`), which refinement scans use.
+fn bmi2_available() -> bool {
+    #[cfg(test)]
+    if tests::PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("bmi2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Decodes the units of row `uy`, into the row's place in the buffers (the first row when
@@ -160,13 +179,34 @@ fn decode_units(
     // The reader's window in a local for the row (see `bitread::Window`), back in the reader
     // on every way out.
     let mut w = r.w;
-    let result = decode_units_in(img, p, r, &mut w, g, carry, uy);
+    let result = match g.bmi2 {
+        // SAFETY: `g.bmi2` is set only where the CPU has BMI2 (`bmi2_available`).
+        #[cfg(target_arch = "x86_64")]
+        true => unsafe { decode_units_bmi2(img, p, r, &mut w, g, carry, uy) },
+        _ => decode_units_in::<false>(img, p, r, &mut w, g, carry, uy),
+    };
     r.w = w;
     result
 }
 
+/// [`decode_units_in`] compiled with BMI2, so that `pdep` inlines into the refinement loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+fn decode_units_bmi2(
+    img: &mut Image,
+    p: &ScanParams,
+    r: &mut BitReader,
+    w: &mut Window,
+    g: &Geometry,
+    carry: &mut Carry,
+    uy: usize,
+) -> Result<(), JpegError> {
+    decode_units_in::<true>(img, p, r, w, g, carry, uy)
+}
+
+/// `BMI2`: the caller runs with BMI2 enabled (see `decode_ac_refine`).
 #[inline(always)]
-fn decode_units_in(
+fn decode_units_in<const BMI2: bool>(
     img: &mut Image,
     p: &ScanParams,
     r: &mut BitReader,
@@ -239,9 +279,14 @@ fn decode_units_in(
                 Mode::AcFirst => {
                     decode_ac_first(r, w, act.ok_or_else(missing)?, p, &mut carry.eobrun, block)?
                 }
-                Mode::AcRefine => {
-                    decode_ac_refine(r, w, act.ok_or_else(missing)?, p, &mut carry.eobrun, block)?
-                }
+                Mode::AcRefine => decode_ac_refine::<BMI2>(
+                    r,
+                    w,
+                    act.ok_or_else(missing)?,
+                    p,
+                    &mut carry.eobrun,
+                    block,
+                )?,
             }
         }
     }
@@ -331,9 +376,16 @@ fn decode_ac_first(
 ///
 /// Works on the block's nonzero mask rather than coefficient by coefficient: a run of `r`
 /// zeros ends at the (r+1)-th clear bit at or after `k`, and the correction bits of the
-/// nonzero coefficients passed on the way are read in one go (`refine_bits`). High-quality
-/// progressive files spend most of their decoding time here.
-fn decode_ac_refine(
+/// nonzero coefficients passed on the way are read in one go. High-quality progressive files
+/// spend most of their decoding time here.
+///
+/// With `BMI2` (the caller is compiled with it and the CPU has it), `pdep` does both bit
+/// manipulations in one instruction each: selecting the (r+1)-th clear bit, and scattering a
+/// run of correction bits onto the positions they belong to, collected in a mask that is
+/// applied once at the end of the block (`apply_corrections`). Without it, a broadword select
+/// and a loop over the coefficients (`refine_bits`) give the same coefficients.
+#[inline(always)]
+fn decode_ac_refine<const BMI2: bool>(
     r: &mut BitReader,
     w: &mut Window,
     ac: &DecodeTable,
@@ -346,6 +398,15 @@ fn decode_ac_refine(
     let band = band_mask(u32::from(p.ss), se);
     let nonzero = nonzero_mask(block) & band;
     let mut k = u32::from(p.ss);
+    // Coefficients whose correction bit is 1 (BMI2 only).
+    let mut corrections = 0u64;
+    let mut correct = |r: &mut BitReader, w: &mut Window, block: &mut [i16; 64], mask: u64| {
+        if BMI2 {
+            corrections |= gather_bits(r, w, mask);
+        } else {
+            refine_bits(r, w, block, mask, p1);
+        }
+    };
     if *eobrun == 0 {
         while k <= se {
             r.ensure_in(w);
@@ -373,9 +434,13 @@ fn decode_ac_refine(
             // The zero that ends the run (or receives `value`) is the (run+1)-th zero from k;
             // none if there are not that many in the band.
             let ahead = band & (u64::MAX << k);
-            let stop = nth_set_bit(!nonzero & ahead, run);
+            let stop = if BMI2 {
+                pdep(1u64 << run, !nonzero & ahead)
+            } else {
+                nth_set_bit(!nonzero & ahead, run)
+            };
             // stop - 1: the bits below it, or all of them when there is no stop.
-            refine_bits(r, w, block, nonzero & ahead & stop.wrapping_sub(1), p1);
+            correct(r, w, block, nonzero & ahead & stop.wrapping_sub(1));
             let at = stop.trailing_zeros();
             if value != 0 {
                 if at > se {
@@ -389,11 +454,78 @@ fn decode_ac_refine(
     if *eobrun > 0 {
         // Inside an end-of-band run: only correction bits remain for this block.
         if k <= se {
-            refine_bits(r, w, block, nonzero & (u64::MAX << k), p1);
+            correct(r, w, block, nonzero & (u64::MAX << k));
         }
         *eobrun -= 1;
     }
+    if BMI2 {
+        // The positions are ones that were nonzero before this block's scan, and new values
+        // only go to zero positions, so applying the bits last changes nothing else.
+        apply_corrections(block, corrections, p1);
+    }
     Ok(())
+}
+
+/// The next `mask.count_ones()` bits of the stream, the first at the lowest position of `mask`,
+/// the next at the next, and so on (BMI2 callers only).
+#[inline(always)]
+fn gather_bits(r: &mut BitReader, w: &mut Window, mut mask: u64) -> u64 {
+    let mut out = 0u64;
+    while mask != 0 {
+        r.ensure_in(w);
+        // At most 32 bits per refill: the positions of the first 32 set bits of `mask`.
+        let n = mask.count_ones();
+        let chunk = if n <= 32 {
+            mask
+        } else {
+            mask & pdep(1 << 32, mask).wrapping_sub(1)
+        };
+        // The stream's next bit (the window's top bit) becomes bit 0, for the lowest position.
+        out |= pdep(u64::from(w.peek32().reverse_bits()), chunk);
+        w.consume(n.min(32));
+        mask &= !chunk;
+    }
+    out
+}
+
+/// `pdep`: the low bits of `src` deposited, in order, at the set bits of `mask`. Callers are
+/// compiled with BMI2 and run only where the CPU has it (`Geometry::bmi2`).
+#[inline(always)]
+fn pdep(src: u64, mask: u64) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: reached only through `decode_units_bmi2`, entered only when
+        // `bmi2_available()` said the CPU has BMI2.
+        unsafe { std::arch::x86_64::_pdep_u64(src, mask) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // Never called here (`BMI2` is false off x86-64); kept so the generic code compiles.
+        let (mut out, mut m, mut s) = (0u64, mask, src);
+        while m != 0 {
+            let low = m & m.wrapping_neg();
+            if s & 1 != 0 {
+                out |= low;
+            }
+            s >>= 1;
+            m &= m - 1;
+        }
+        out
+    }
+}
+
+/// Adds 1 << al to the magnitude of every coefficient in `mask` whose magnitude does not have
+/// that bit yet (as `refine_bits` does for each bit that is 1).
+#[inline(always)]
+fn apply_corrections(block: &mut [i16; 64], mut mask: u64, p1: i16) {
+    while mask != 0 {
+        let k = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        let c = block[k];
+        let sign = c >> 15; // 0 or -1
+        let step = (p1 ^ sign).wrapping_sub(sign); // p1 with c's sign
+        block[k] = c.wrapping_add(step & i16::from(c & p1 == 0).wrapping_neg());
+    }
 }
 
 /// Bits ss..=se set (ss <= se <= 63).
@@ -526,8 +658,13 @@ fn decode_block_baseline(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::{band_mask, nth_set_bit};
+
+    /// Makes every scan take the portable refinement path, so tests can compare it with the
+    /// BMI2 one. Set only by tests that compare both; either path gives the same coefficients.
+    pub(in crate::jpeg) static PORTABLE_ONLY: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
 
     fn nth_set_bit_naive(mut x: u64, n: u32) -> u64 {
         for _ in 0..n {

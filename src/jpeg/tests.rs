@@ -794,6 +794,8 @@ fn successive_approximation_from_cjpeg() {
         vec!["-progressive", "-sample", "2x1", "-restart", "1"],
         vec!["-progressive", "-grayscale"],
         vec!["-progressive", "-quality", "30", "-restart", "2B"],
+        // Dense blocks: most coefficients get correction bits.
+        vec!["-progressive", "-quality", "100", "-sample", "2x1"],
     ] {
         let out = match std::process::Command::new("cjpeg")
             .args(&args)
@@ -808,12 +810,37 @@ fn successive_approximation_from_cjpeg() {
         };
         let label = format!("cjpeg {args:?}");
         assert!(info(&out).unwrap().progressive);
+        assert_refinement_paths_agree(&out, &label);
         let opt = assert_lossless(&out, &label);
         assert!(!info(&opt).unwrap().progressive);
         let r = requantize(&out, 20).unwrap();
         assert!(psnr(&decode(&out).2, &decode(&r.jpeg).2) > 25.0, "{label}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The BMI2 refinement path (where the CPU has it) and the portable one read the same
+/// coefficients, and fail on the same corrupt files.
+fn assert_refinement_paths_agree(jpeg: &[u8], label: &str) {
+    use std::sync::atomic::Ordering;
+    let read = |portable: bool, data: &[u8]| {
+        super::decode::tests::PORTABLE_ONLY.store(portable, Ordering::Relaxed);
+        let img = parse::read_coefficients(data);
+        super::decode::tests::PORTABLE_ONLY.store(false, Ordering::Relaxed);
+        img.map(|i| i.comps.into_iter().map(|c| c.coeffs).collect::<Vec<_>>())
+    };
+    assert_eq!(read(false, jpeg), read(true, jpeg), "{label}");
+    let mut rng = Rng(4242);
+    for _ in 0..40 {
+        let mut d = jpeg.to_vec();
+        let i = jpeg.len() / 2 + (rng.next() % (jpeg.len() as u64 / 2)) as usize;
+        d[i] ^= 1 << (rng.next() % 8);
+        assert_eq!(
+            read(false, &d),
+            read(true, &d),
+            "{label}: flipped a bit at {i}"
+        );
+    }
 }
 
 #[test]
