@@ -158,7 +158,9 @@ fn bmi2_available() -> bool {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("bmi2")
+        std::arch::is_x86_feature_detected!("bmi1")
+            && std::arch::is_x86_feature_detected!("bmi2")
+            && std::arch::is_x86_feature_detected!("popcnt")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -189,9 +191,10 @@ fn decode_units(
     result
 }
 
-/// [`decode_units_in`] compiled with BMI2, so that `pdep` inlines into the refinement loop.
+/// [`decode_units_in`] compiled with BMI2 (and POPCNT, which every BMI2 CPU has), so that
+/// `pdep` and `popcnt` inline into the refinement loop.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "bmi2")]
+#[target_feature(enable = "bmi1,bmi2,popcnt")]
 fn decode_units_bmi2(
     img: &mut Image,
     p: &ScanParams,
@@ -201,7 +204,12 @@ fn decode_units_bmi2(
     carry: &mut Carry,
     uy: usize,
 ) -> Result<(), JpegError> {
-    decode_units_in::<true>(img, p, r, w, g, carry, uy)
+    // The window in this function's own local: behind the reference it was stored and
+    // reloaded around every symbol (this function is not inlined into its caller).
+    let mut local = *w;
+    let result = decode_units_in::<true>(img, p, r, &mut local, g, carry, uy);
+    *w = local;
+    result
 }
 
 /// `BMI2`: the caller runs with BMI2 enabled (see `decode_ac_refine`).
