@@ -505,7 +505,7 @@ fn read_dht(st: &mut State, mut seg: &[u8]) -> Result<(), JpegError> {
             counts,
             symbols: seg[17..17 + n].to_vec(),
         };
-        let table = DecodeTable::new(&spec)?;
+        let table = DecodeTable::new(&spec, tc == 1)?;
         if tc == 0 {
             st.dc_tables[th] = Some(table);
         } else {
