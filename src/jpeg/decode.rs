@@ -150,22 +150,48 @@ fn geometry<'a>(img: &Image, p: &ScanParams<'a>) -> Result<Geometry<'a>, JpegErr
     })
 }
 
-/// Whether this CPU has BMI2's bit deposit (`pdep`), which refinement scans use.
+/// Whether refinement scans take the BMI2 path: the CPU has BMI1, BMI2 and POPCNT (what
+/// `decode_units_bmi2` is compiled with), and its `pdep` is fast.
 fn bmi2_available() -> bool {
     #[cfg(test)]
-    if tests::PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+    if tests::PORTABLE_ONLY.with(std::cell::Cell::get) {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("bmi1")
-            && std::arch::is_x86_feature_detected!("bmi2")
-            && std::arch::is_x86_feature_detected!("popcnt")
+        static FAST_PDEP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *FAST_PDEP.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("bmi1")
+                && std::arch::is_x86_feature_detected!("bmi2")
+                && std::arch::is_x86_feature_detected!("popcnt")
+                && !slow_pdep()
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
+}
+
+/// AMD's Zen 1 and Zen 2 (family 0x17) and Hygon's Dhyana (0x18, a Zen 1) run `pdep` in
+/// microcode, tens to hundreds of cycles with dense masks like ours: there the portable path
+/// is faster. Zen 3 (0x19) and later, and Intel since Haswell, do it in 3 cycles.
+#[cfg(target_arch = "x86_64")]
+fn slow_pdep() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // CPUID leaves 0 and 1 exist on every x86-64 CPU (the intrinsic is safe there).
+    let (vendor, signature) = (__cpuid(0), __cpuid(1).eax);
+    let mut name = [0u8; 12];
+    name[..4].copy_from_slice(&vendor.ebx.to_le_bytes());
+    name[4..8].copy_from_slice(&vendor.edx.to_le_bytes());
+    name[8..].copy_from_slice(&vendor.ecx.to_le_bytes());
+    let base = (signature >> 8) & 0xF;
+    let family = if base == 0xF {
+        base + ((signature >> 20) & 0xFF)
+    } else {
+        base
+    };
+    matches!(&name, b"AuthenticAMD" | b"HygonGenuine") && family < 0x19
 }
 
 /// Decodes the units of row `uy`, into the row's place in the buffers (the first row when
@@ -182,7 +208,8 @@ fn decode_units(
     // on every way out.
     let mut w = r.w;
     let result = match g.bmi2 {
-        // SAFETY: `g.bmi2` is set only where the CPU has BMI2 (`bmi2_available`).
+        // SAFETY: `g.bmi2` is set only where the CPU has BMI1, BMI2 and POPCNT, the features
+        // `decode_units_bmi2` is compiled with (`bmi2_available`).
         #[cfg(target_arch = "x86_64")]
         true => unsafe { decode_units_bmi2(img, p, r, &mut w, g, carry, uy) },
         _ => decode_units_in::<false>(img, p, r, &mut w, g, carry, uy),
@@ -672,10 +699,12 @@ fn decode_block_baseline(
 pub(super) mod tests {
     use super::{band_mask, nth_set_bit};
 
-    /// Makes every scan take the portable refinement path, so tests can compare it with the
-    /// BMI2 one. Set only by tests that compare both; either path gives the same coefficients.
-    pub(in crate::jpeg) static PORTABLE_ONLY: std::sync::atomic::AtomicBool =
-        std::sync::atomic::AtomicBool::new(false);
+    thread_local! {
+        /// Makes this thread's scans take the portable refinement path, so tests can compare
+        /// it with the BMI2 one (decoding runs on the caller's thread).
+        pub(in crate::jpeg) static PORTABLE_ONLY: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
 
     fn nth_set_bit_naive(mut x: u64, n: u32) -> u64 {
         for _ in 0..n {
@@ -702,6 +731,59 @@ pub(super) mod tests {
                 assert_eq!(nth_set_bit(w, n), nth_set_bit_naive(w, n), "{w:#x} {n}");
             }
         }
+    }
+
+    /// The BMI2 correction path (`gather_bits` then `apply_corrections`) against the portable
+    /// one (`refine_bits`) on random blocks, masks of 0-64 positions (so the more-than-32
+    /// branch runs) and random stream bytes: same coefficients, same bits consumed.
+    #[test]
+    fn bmi2_corrections_match_refine_bits() {
+        use super::super::bitread::BitReader;
+        use super::{apply_corrections, bmi2_available, gather_bits, refine_bits};
+        if !bmi2_available() {
+            eprintln!("no BMI2 (or slow pdep) on this CPU: only the portable path runs here");
+            return;
+        }
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut long_masks = 0;
+        for round in 0..3000 {
+            let data: Vec<u8> = (0..24).map(|_| (next() & 0xFE) as u8).collect(); // no 0xFF
+            let mut block = [0i16; 64];
+            let al = (round % 4) as u32;
+            // Some magnitudes already have bit `al` (a file refining twice): left as they are.
+            for c in block.iter_mut() {
+                *c = ((next() % 17) as i16 - 8) << al;
+            }
+            let nonzero = super::nonzero_mask(&block);
+            let mask = (nonzero & next()) | if round % 5 == 0 { nonzero } else { 0 };
+            long_masks += usize::from(mask.count_ones() > 32);
+            let p1 = 1i16 << al;
+            let (mut a, mut b) = (block, block);
+            let mut ra = BitReader::new(&data, 0);
+            let mut wa = ra.w;
+            refine_bits(&mut ra, &mut wa, &mut a, mask, p1);
+            let mut rb = BitReader::new(&data, 0);
+            let mut wb = rb.w;
+            // gather_bits executes pdep: only after bmi2_available() said the CPU has it.
+            let corrections = gather_bits(&mut rb, &mut wb, mask);
+            apply_corrections(&mut b, corrections, p1);
+            assert_eq!(a, b, "round {round}, mask {mask:#x}");
+            assert_eq!(
+                wa.peek32(),
+                wb.peek32(),
+                "round {round}: bits consumed differ"
+            );
+        }
+        assert!(
+            long_masks > 100,
+            "only {long_masks} masks of more than 32 positions"
+        );
     }
 
     #[test]

@@ -24,11 +24,11 @@ pub(crate) struct DecodeTable {
     /// Indexed by the next LOOKAHEAD bits: (code length << 8) | symbol, 0 if the code is longer.
     lookup: Box<[u16; 1 << LOOKAHEAD]>,
     /// Indexed the same way, for AC use: a run/size code and its extra bits resolved in one
-    /// lookup when both fit in the lookahead and the value fits in 8 bits, as (value << 8) |
-    /// (run << 4) | bits used; 0 otherwise (and for end-of-band and zero-run codes). Common
-    /// small coefficients of photos take this path, which skips the separate extra-bit read
-    /// and sign extension. 16-bit entries keep the table at 8 KB, so a luma and a chroma
-    /// table stay in L1 beside the rest.
+    /// lookup when both fit in the lookahead and the value does in 8 bits (size <= 7,
+    /// |value| <= 127), as (value << 8) | (run << 4) | bits used; 0 otherwise (and for
+    /// end-of-band and zero-run codes). Common small coefficients of photos take this path,
+    /// which skips the separate extra-bit read and sign extension. 16-bit entries keep it at
+    /// 4 KB (8 KB with `lookup`), so a luma and a chroma table stay in L1 beside the rest.
     fast_ac: Box<[i16; 1 << LOOKAHEAD]>,
     /// For lengths 1..=16: largest code of that length (-1 if none).
     maxcode: [i32; 18],
