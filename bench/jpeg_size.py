@@ -28,6 +28,7 @@ Encoders (names for --encoders):
   mozjpeg-trellis    the same with trellis quantisation only
   mozjpeg-table3     the same with quant_table=3 only
   mozjpeg-prog       the same with progressive and optimised scans only
+  mozjpeg-tableN     libvips with quant_table=N (0-8) only: which base table suits the metric
   jpegli             PyPI pyjpegli
 
 Needs: pip install Pillow numpy requests pyvips pyvips-binary ssimulacra2 pyjpegli.
@@ -79,16 +80,24 @@ def reference(img: run.InputImage) -> np.ndarray:
         return np.asarray(run.flatten(im))
 
 
+def vips_options(name: str) -> dict | None:
+    if name in VIPS_OPTIONS:
+        return VIPS_OPTIONS[name]
+    if name.startswith("mozjpeg-table") and name[13:].isdigit() and int(name[13:]) <= 8:
+        return dict(quant_table=int(name[13:]))
+    return None
+
+
 def encode(name: str, rgb: np.ndarray, q: int) -> bytes:
     h, w, _ = rgb.shape
     if name == "turbo":
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, "JPEG", quality=q, optimize=True)
         return buf.getvalue()
-    if name in VIPS_OPTIONS:
+    if vips_options(name) is not None:
         import pyvips
         im = pyvips.Image.new_from_memory(np.ascontiguousarray(rgb).tobytes(), w, h, 3, "uchar")
-        return im.jpegsave_buffer(Q=q, optimize_coding=True, keep=0, **VIPS_OPTIONS[name])
+        return im.jpegsave_buffer(Q=q, optimize_coding=True, keep=0, **vips_options(name))
     if name == "jpegli":
         import pyjpegli
         return pyjpegli.encode(np.ascontiguousarray(rgb).tobytes(), w, h, quality=q)
@@ -160,7 +169,7 @@ def main() -> int:
     encoders = [e for e in args.encoders.split(",") if e]
     if "turbo" not in encoders:
         encoders.insert(0, "turbo")
-    unknown = [e for e in encoders if e not in ENCODERS]
+    unknown = [e for e in encoders if e not in ENCODERS and vips_options(e) is None]
     if unknown:
         sys.exit(f"bench: unknown encoders {unknown}; known: {ENCODERS}")
     classes = {c.strip().upper() for c in args.classes.split(",")}
