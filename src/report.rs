@@ -30,7 +30,9 @@ pub struct StatusBody {
     pub products: Vec<ProductBody>,
     /// The webhook delivery; `null` when the request has no webhook target.
     pub webhook: Option<WebhookBody>,
+    #[serde(serialize_with = "millis::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "millis::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -43,7 +45,9 @@ pub struct WebhookBody {
     pub attempts: i64,
     pub last_status_code: Option<i64>,
     pub last_error: Option<String>,
+    #[serde(serialize_with = "millis::serialize_option")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "millis::serialize_option")]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
@@ -145,7 +149,9 @@ pub struct RequestSummary {
     pub savings: Savings,
     /// As in the status body.
     pub options: Option<ImageOptions>,
+    #[serde(serialize_with = "millis::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "millis::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -587,6 +593,33 @@ pub fn output_csv(detail: RequestDetail, layout: Option<CsvLayout>) -> Vec<u8> {
     w.into_inner().unwrap_or_default()
 }
 
+/// Timestamps in answers and webhooks: RFC 3339 in UTC with exactly three fractional digits.
+/// chrono's own form drops trailing zero digits (`…:41Z`, `…:41.120Z`, `…:41.120500Z`), so
+/// such strings did not sort as the times do; clients compare them as strings (the request
+/// list is newest first by `createdAt`).
+pub(crate) mod millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub(crate) fn format(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub(crate) fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(at))
+    }
+
+    pub(crate) fn serialize_option<S: Serializer>(
+        at: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => serialize(at, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// A cell a spreadsheet would run as a formula, with a leading quote.
 pub(crate) fn defuse(cell: &str) -> std::borrow::Cow<'_, str> {
     match cell.as_bytes().first() {
@@ -599,6 +632,29 @@ pub(crate) fn defuse(cell: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::core::RequestRow;
+
+    #[test]
+    fn timestamps_have_three_fractional_digits_and_sort_as_strings() {
+        let micros = [
+            1_795_872_705_000_000i64, // a whole second
+            1_795_872_705_120_000,    // whole milliseconds ending in zero
+            1_795_872_705_120_500,
+            1_795_872_705_121_000,
+            1_795_872_706_000_001,
+        ];
+        let texts: Vec<String> = micros
+            .iter()
+            .map(|&m| millis::format(&DateTime::from_timestamp_micros(m).unwrap()))
+            .collect();
+        assert_eq!(texts[0], "2026-11-28T13:31:45.000Z");
+        assert_eq!(texts[2], "2026-11-28T13:31:45.120Z");
+        for pair in texts.windows(2) {
+            assert!(pair[0] <= pair[1], "{pair:?}");
+        }
+        let body = serde_json::to_value(RequestSummary::of(&detail().request)).unwrap();
+        let created = body["createdAt"].as_str().unwrap();
+        assert_eq!(created.len(), "2026-11-28T13:31:45.000Z".len(), "{created}");
+    }
 
     fn detail() -> RequestDetail {
         let now = Utc::now();

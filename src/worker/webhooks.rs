@@ -150,7 +150,7 @@ async fn build_payload(ctx: &Ctx, job: &DeliveryJob) -> anyhow::Result<String> {
     };
     let body = serde_json::json!({
         "type": kind,
-        "timestamp": job.event_at,
+        "timestamp": crate::report::millis::format(&job.event_at),
         "data": data,
     });
     let payload = serde_json::to_string(&body)?;
