@@ -21,6 +21,7 @@ pub mod jpeg;
 pub mod memory;
 pub mod metrics;
 pub mod net;
+pub mod png;
 pub mod report;
 pub mod storage;
 pub mod store;

@@ -214,3 +214,39 @@ fn icc_fuzz_corpus_replays_without_panic() {
         files.len()
     );
 }
+
+/// fuzz/fuzz_targets/png.rs's pixel cap.
+const PNG_MAX_PIXELS: u64 = 1 << 20;
+
+/// The PNG fuzzer's corpus (fuzz/corpus/png: the seeds of fuzz/make_png_seeds.py and what the
+/// fuzzer kept) through the same differential check as the fuzzer: our decoder must not panic,
+/// and must decode every file the `png` crate decodes, to the same pixels.
+#[test]
+fn png_fuzz_corpus_replays_against_the_png_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut files = Vec::new();
+    files_under(&root.join("corpus").join("png"), &mut files);
+    assert!(
+        files.len() >= 50,
+        "fuzz/corpus/png is missing ({} files)",
+        files.len()
+    );
+    files_under(&root.join("artifacts").join("png"), &mut files);
+    files.sort();
+    let mut failed = Vec::new();
+    let mut taken = 0;
+    for path in &files {
+        let data = std::fs::read(path).unwrap();
+        match catch_unwind(AssertUnwindSafe(|| {
+            imgbatch::png::check_against_png_crate(&data, PNG_MAX_PIXELS)
+        })) {
+            Ok(took) => taken += took,
+            Err(_) => failed.push(path.display().to_string()),
+        }
+    }
+    assert!(failed.is_empty(), "the PNG check failed on: {failed:#?}");
+    // The seeds alone are 80 files the decoder takes, each checked as is and with its
+    // checksums made right.
+    assert!(taken >= 160, "only {taken} files taken");
+    eprintln!("replayed {} PNG inputs ({taken} taken)", files.len());
+}

@@ -9,7 +9,7 @@ use image::codecs::jpeg::JpegDecoder;
 use image::codecs::png::PngDecoder;
 use image::codecs::tiff::TiffDecoder;
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageError, ImageResult, Limits};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageResult, Limits};
 
 use crate::jpeg::StructureProblem;
 
@@ -96,7 +96,7 @@ fn recompress(
         // PNG is the one decoder that takes its memory limit at construction time. Only the
         // allocation cap goes in here: a dimension limit would make the constructor fail with a
         // generic limit error before we could report the dimensions as `TooManyPixels`.
-        InputFormat::Png => ctx.run(PngDecoder::with_limits(reader, ctx.limits(false)), None),
+        InputFormat::Png => ctx.run_png(PngDecoder::with_limits(reader, ctx.limits(false))),
         InputFormat::WebP => ctx.run(LibWebpDecoder::new(bytes), None),
         // `GifDecoder` as an `ImageDecoder` reads exactly one frame (the first) and stops, so an
         // animation with thousands of frames costs the same as a still image. Never use
@@ -256,6 +256,28 @@ impl Job<'_> {
         decoder: ImageResult<D>,
         preset: Option<ColorHandling>,
     ) -> Result<Made, CompressError> {
+        self.run_with(decoder, preset, |decoder| self.decode_whole(decoder))
+    }
+
+    /// A PNG: its rows decoded by [`crate::png`] when it takes the file (8-bit, not interlaced,
+    /// no colour key: photos), else by `image`. `image`'s decoder reads the header and the
+    /// metadata either way.
+    fn run_png(
+        &self,
+        decoder: ImageResult<PngDecoder<Cursor<&[u8]>>>,
+    ) -> Result<Made, CompressError> {
+        match crate::png::Plain::read(self.bytes) {
+            Some(plain) => self.run_with(decoder, None, |_| self.decode_plain(&plain)),
+            None => self.run(decoder, None),
+        }
+    }
+
+    fn run_with<D: ImageDecoder>(
+        &self,
+        decoder: ImageResult<D>,
+        preset: Option<ColorHandling>,
+        decode: impl FnOnce(D) -> Result<DynamicImage, CompressError>,
+    ) -> Result<Made, CompressError> {
         let mut decoder = decoder.map_err(|e| self.image_error(e))?;
 
         // 1. Header checks, before a single pixel buffer exists.
@@ -268,17 +290,8 @@ impl Job<'_> {
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
         let icc = decoder.icc_profile();
 
-        // 2. Decode, with limits enforced inside the decoder too. The main buffer is reserved
-        //    against the allocation budget first, as `ImageReader::decode` does, so that what is
-        //    left over is what the decoder may use for scratch.
-        let mut limits = self.limits(true);
-        limits
-            .reserve(decoder.total_bytes())
-            .map_err(|e| self.image_error(e))?;
-        decoder
-            .set_limits(limits)
-            .map_err(|e| self.image_error(e))?;
-        let image = DynamicImage::from_decoder(decoder).map_err(|e| self.image_error(e))?;
+        // 2. Decode.
+        let image = decode(decoder)?;
 
         // 3. To 8-bit gray or RGB, transparency flattened onto white, into sRGB, then oriented.
         //    Orientation runs last so that a rotation never has to move 16-bit samples.
@@ -292,6 +305,35 @@ impl Job<'_> {
             },
         };
         self.finish(pixels, orientation, color)
+    }
+
+    /// The whole image through `decoder`, with limits enforced inside the decoder too. The
+    /// main buffer is reserved against the allocation budget first, as `ImageReader::decode`
+    /// does, so that what is left over is what the decoder may use for scratch.
+    fn decode_whole<D: ImageDecoder>(&self, mut decoder: D) -> Result<DynamicImage, CompressError> {
+        let mut limits = self.limits(true);
+        limits
+            .reserve(decoder.total_bytes())
+            .map_err(|e| self.image_error(e))?;
+        decoder
+            .set_limits(limits)
+            .map_err(|e| self.image_error(e))?;
+        DynamicImage::from_decoder(decoder).map_err(|e| self.image_error(e))
+    }
+
+    /// A PNG's rows through [`crate::png`] (its dimensions passed `check_header`).
+    fn decode_plain(&self, plain: &crate::png::Plain) -> Result<DynamicImage, CompressError> {
+        let data = plain
+            .decode(self.bytes)
+            .map_err(|e| self.decode_error(e.to_string()))?;
+        let (w, h) = (plain.width(), plain.height());
+        const BUF_OK: &str = "the decoder returns width x height x channels bytes";
+        Ok(match plain.channels() {
+            1 => DynamicImage::ImageLuma8(ImageBuffer::from_raw(w, h, data).expect(BUF_OK)),
+            2 => DynamicImage::ImageLumaA8(ImageBuffer::from_raw(w, h, data).expect(BUF_OK)),
+            3 => DynamicImage::ImageRgb8(ImageBuffer::from_raw(w, h, data).expect(BUF_OK)),
+            _ => DynamicImage::ImageRgba8(ImageBuffer::from_raw(w, h, data).expect(BUF_OK)),
+        })
     }
 
     /// A JPEG the box shrinks enough, decoded at 1/2 in the DCT domain (see

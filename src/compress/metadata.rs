@@ -10,6 +10,7 @@
 //! A container that cannot be followed exactly gives None: then the input is not served.
 
 use super::InputFormat;
+use crate::png;
 
 /// `bytes` (of `format`) without metadata; None for formats we do not keep or cannot walk.
 pub(super) fn strip(format: InputFormat, bytes: &[u8], orientation: u16) -> Option<Vec<u8>> {
@@ -25,8 +26,6 @@ pub(super) fn strip(format: InputFormat, bytes: &[u8], orientation: u16) -> Opti
     }
 }
 
-const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-
 /// PNG chunks that change how the image looks or moves; everything else is metadata.
 const PNG_KEEP: [&[u8; 4]; 17] = [
     b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT",
@@ -34,45 +33,33 @@ const PNG_KEEP: [&[u8; 4]; 17] = [
 ];
 
 fn strip_png(bytes: &[u8], orientation: u16) -> Option<Vec<u8>> {
-    if !bytes.starts_with(PNG_SIGNATURE) {
+    if !bytes.starts_with(png::SIGNATURE) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len());
-    out.extend_from_slice(PNG_SIGNATURE);
-    let mut pos = PNG_SIGNATURE.len();
+    out.extend_from_slice(png::SIGNATURE);
+    let mut pos = png::SIGNATURE.len();
     let mut wrote_orientation = orientation == 1;
     loop {
-        let len = u32::from_be_bytes(bytes.get(pos..pos + 4)?.try_into().ok()?) as usize;
-        let end = pos.checked_add(12)?.checked_add(len)?;
-        let chunk = bytes.get(pos..end)?;
-        let kind = &chunk[4..8];
+        let chunk = png::chunk(bytes, pos)?;
+        let kind = &chunk.kind;
         // eXIf must come before the image data.
         if !wrote_orientation && (kind == b"IDAT" || kind == b"acTL") {
-            push_png_chunk(
+            png::push_chunk(
                 &mut out,
                 b"eXIf",
                 &crate::jpeg::orientation_exif(orientation),
             );
             wrote_orientation = true;
         }
-        if PNG_KEEP.iter().any(|k| k.as_slice() == kind) {
-            out.extend_from_slice(chunk);
+        if PNG_KEEP.contains(&kind) {
+            out.extend_from_slice(&bytes[pos..pos + chunk.len]);
         }
-        pos = end;
+        pos += chunk.len;
         if kind == b"IEND" {
             return Some(out);
         }
     }
-}
-
-fn push_png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(kind);
-    crc.update(data);
-    out.extend_from_slice(&crc.finalize().to_be_bytes());
 }
 
 /// WebP chunks that make the picture (VP8X's flags are rewritten to match).

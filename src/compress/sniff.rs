@@ -13,12 +13,10 @@ const SNIFF_WINDOW: usize = 1024;
 /// [`CompressError::Decode`]. Everything else gets a best-effort description so that the user can
 /// tell an HTML error page or an SVG logo from a genuinely broken file.
 pub fn sniff(bytes: &[u8]) -> Result<InputFormat, CompressError> {
-    const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return Ok(InputFormat::Jpeg);
     }
-    if bytes.starts_with(PNG_SIGNATURE) {
+    if bytes.starts_with(crate::png::SIGNATURE) {
         return Ok(InputFormat::Png);
     }
     if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
