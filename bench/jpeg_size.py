@@ -22,7 +22,7 @@ libjpeg-turbo's (mean and worst image): what a user gets for the same number.
 
 Encoders (names for --encoders):
   turbo              Pillow (libjpeg-turbo), optimised Huffman tables: the reference
-  imgbatch           the service, default settings
+  imgbatch           the service, default settings (`--effort N`: with IMGBATCH_EFFORT=N)
   mozjpeg            libvips (PyPI pyvips-binary, mozjpeg-capable): trellis quantisation,
                      quant_table=3, progressive with optimised scans, overshoot deringing
   mozjpeg-trellis    the same with trellis quantisation only
@@ -164,7 +164,13 @@ def main() -> int:
     ap.add_argument("--qualities", default="30,40,50,60,70,80")
     ap.add_argument("--encoders", default=",".join(ENCODERS))
     ap.add_argument("--out", type=Path, default=run.BENCH / "results" / "jpeg_size.md")
+    ap.add_argument("--effort", type=int, default=None,
+                    help="IMGBATCH_EFFORT for the service (default: its own default)")
+    ap.add_argument("--raw", type=Path, default=None,
+                    help="also write every (image, encoder, quality, bytes, score) as JSON")
     args = ap.parse_args()
+    if args.effort is not None:
+        os.environ["IMGBATCH_EFFORT"] = str(args.effort)
     qualities = sorted({int(q) for q in args.qualities.split(",")} | {args.target})
     encoders = [e for e in args.encoders.split(",") if e]
     if "turbo" not in encoders:
@@ -204,6 +210,12 @@ def main() -> int:
         for name, enc, q, size, s in pool.map(_job, jobs, chunksize=2):
             results.setdefault((name, enc), []).append((q, size, s))
     log(f"scored in {time.perf_counter() - t0:.0f} s")
+    if args.raw:
+        import json
+        args.raw.write_text(json.dumps(
+            [{"image": n, "encoder": e, "quality": q, "bytes": b, "score": s}
+             for (n, e), points in sorted(results.items()) for q, b, s in sorted(points)],
+            indent=0))
 
     rows, per_image = [], []
     for enc in encoders:

@@ -245,6 +245,13 @@ pub struct Config {
     #[arg(long, env = "IMGBATCH_NEVER_LARGER", default_value_t = true, action = clap::ArgAction::Set)]
     pub never_larger: bool,
 
+    /// Speed versus size of JPEG outputs: 0, the fastest, is libjpeg's tables as libjpeg-turbo
+    /// uses them; 1 a table tuned for perceived quality, scaled so that outputs still look at
+    /// least as good as libjpeg-turbo's at the same quality setting (docs/performance.md).
+    #[arg(long, env = "IMGBATCH_EFFORT", default_value = "0",
+          value_parser = |s: &str| s.parse::<crate::jpeg::Effort>())]
+    pub effort: crate::jpeg::Effort,
+
     /// Webhook for uploads that name none.
     #[arg(long, env = "IMGBATCH_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
@@ -516,5 +523,12 @@ mod tests {
             other => panic!("expected serve, got {other:?}"),
         }
         assert!(Cli::try_parse_from(["imgbatch", "--quality", "0"]).is_err());
+        let cli = Cli::parse_from(["imgbatch", "--effort", "1"]);
+        assert_eq!(cli.serve.effort.level(), 1);
+        assert_eq!(
+            Cli::parse_from(["imgbatch"]).serve.effort,
+            crate::jpeg::Effort::FASTEST
+        );
+        assert!(Cli::try_parse_from(["imgbatch", "--effort", "2"]).is_err());
     }
 }

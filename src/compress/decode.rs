@@ -459,7 +459,7 @@ impl Job<'_> {
                     note,
                     format!("kept as JPEG: WebP holds at most {WEBP_MAX_DIMENSION} pixels a side"),
                 ));
-                (encode_jpeg(pixels, self.opts.quality)?, OutputFormat::Jpeg)
+                (encode_jpeg(pixels, self.opts.target())?, OutputFormat::Jpeg)
             }
             FormatChoice::Webp => {
                 let picture = Picture::import(&pixels)?;
@@ -470,7 +470,7 @@ impl Job<'_> {
             FormatChoice::Auto => {
                 // libwebp's YUV copy first, so the JPEG encoder can free the pixels as it goes.
                 let picture = Picture::import(&pixels)?;
-                let jpeg = encode_jpeg(pixels, self.opts.quality)?;
+                let jpeg = encode_jpeg(pixels, self.opts.target())?;
                 (self.past_peak)(picture.encoding_bytes(self.opts.quality) + jpeg.len() as u64);
                 let webp = picture.encode(self.opts.quality)?;
                 if webp.len() < jpeg.len() {
@@ -481,7 +481,7 @@ impl Job<'_> {
             }
             // The pixels go in by value: the encoder frees them as soon as it no longer needs
             // them, before the Huffman pass allocates the coefficients.
-            FormatChoice::Jpeg => (encode_jpeg(pixels, self.opts.quality)?, OutputFormat::Jpeg),
+            FormatChoice::Jpeg => (encode_jpeg(pixels, self.opts.target())?, OutputFormat::Jpeg),
         };
         Ok(Made {
             out: Compressed {

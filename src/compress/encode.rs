@@ -4,8 +4,9 @@
 use super::decode::JPEG_MAX_DIMENSION;
 use super::pixels::{Layout, Pixels};
 use super::CompressError;
+use crate::jpeg::Target;
 
-pub(super) fn encode_jpeg(pixels: Pixels, quality: u8) -> Result<Vec<u8>, CompressError> {
+pub(super) fn encode_jpeg(pixels: Pixels, target: Target) -> Result<Vec<u8>, CompressError> {
     let too_big = || {
         CompressError::Encode(format!(
             "{}x{} exceeds JPEG's maximum of {JPEG_MAX_DIMENSION} pixels per side",
@@ -17,15 +18,15 @@ pub(super) fn encode_jpeg(pixels: Pixels, quality: u8) -> Result<Vec<u8>, Compre
 
     #[cfg(feature = "turbo")]
     {
-        turbo::encode(&pixels, width, height, quality)
+        turbo::encode(&pixels, width, height, target)
     }
     #[cfg(not(feature = "turbo"))]
     {
-        encode_pure_rust(pixels, width, height, quality)
+        encode_pure_rust(pixels, width, height, target)
     }
 }
 
-/// Pixels to coefficients (YCbCr 4:2:0, islow DCT, libjpeg's tables for `quality`), coded by
+/// Pixels to coefficients (YCbCr 4:2:0, islow DCT, `target`'s tables), coded by
 /// the same writer as the DCT-domain fast path: one interleaved baseline scan with optimal
 /// Huffman tables. The pixels go in by value: they are freed, an MCU row at a time, as their
 /// coefficients are made, so the two are not held at once.
@@ -34,7 +35,7 @@ fn encode_pure_rust(
     pixels: Pixels,
     width: u16,
     height: u16,
-    quality: u8,
+    target: Target,
 ) -> Result<Vec<u8>, CompressError> {
     use crate::jpeg::PixelLayout;
     let layout = match pixels.layout {
@@ -42,7 +43,7 @@ fn encode_pure_rust(
         Layout::Rgb => PixelLayout::Rgb,
         Layout::RgbX => PixelLayout::Rgbx,
     };
-    crate::jpeg::encode_pixels(pixels.data, width, height, layout, quality.clamp(1, 100))
+    crate::jpeg::encode_pixels(pixels.data, width, height, layout, target)
         .map_err(|e| CompressError::Encode(e.to_string()))
 }
 
@@ -51,13 +52,13 @@ fn encode_pure_rust(
 /// interleaved scan that every decoder reads.
 #[cfg(feature = "turbo")]
 mod turbo {
-    use super::{CompressError, Layout, Pixels};
+    use super::{CompressError, Layout, Pixels, Target};
 
     pub fn encode(
         pixels: &Pixels,
         width: u16,
         height: u16,
-        quality: u8,
+        target: Target,
     ) -> Result<Vec<u8>, CompressError> {
         let (color_space, stride) = match pixels.layout {
             Layout::Gray => (mozjpeg::ColorSpace::JCS_GRAYSCALE, 1),
@@ -69,7 +70,14 @@ mod turbo {
             let mut c = mozjpeg::Compress::new(color_space);
             c.set_fastest_defaults();
             c.set_size(width.into(), height.into());
-            c.set_quality(quality.clamp(1, 100) as f32);
+            c.set_quality(f32::from(target.quality()));
+            if let Some(setting) = target.perceptual() {
+                // The same table as the pure-Rust encoder, scaled the same way.
+                let q = f32::from(setting);
+                let table = mozjpeg::qtable::KleinSilversteinCarney.scaled(q, q);
+                c.set_luma_qtable(&table);
+                c.set_chroma_qtable(&table);
+            }
             c.set_optimize_coding(true);
             if pixels.layout != Layout::Gray {
                 c.set_chroma_sampling_pixel_sizes((2, 2), (2, 2));

@@ -15,6 +15,7 @@ pub(super) const OPTS: CompressOptions = CompressOptions {
     never_larger: false,
     size_box: super::SizeBox::NONE,
     format: super::FormatChoice::Jpeg,
+    effort: super::Effort::FASTEST,
 };
 
 /// Deterministic xorshift, so fixtures are identical on every run.

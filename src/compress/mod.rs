@@ -48,6 +48,7 @@ use std::panic::{self, UnwindSafe};
 use crate::failure::{ErrorCode, Failure};
 
 pub use crate::domain::FormatChoice;
+pub use crate::jpeg::{Effort, Target};
 pub use color::{judge_for_every_kind, ColorHandling};
 pub use estimate::working_memory;
 pub use policy::takes_fast_path;
@@ -170,6 +171,8 @@ pub struct CompressOptions {
     pub size_box: SizeBox,
     /// JPEG, WebP, or per image the smaller of the two.
     pub format: FormatChoice,
+    /// How hard the JPEG encoder works for size (`IMGBATCH_EFFORT`).
+    pub effort: Effort,
 }
 
 impl CompressOptions {
@@ -181,7 +184,13 @@ impl CompressOptions {
             never_larger,
             size_box: SizeBox::NONE,
             format: FormatChoice::Jpeg,
+            effort: Effort::FASTEST,
         }
+    }
+
+    /// The tables JPEG outputs are quantised to.
+    pub fn target(&self) -> Target {
+        Target::new(self.quality, self.effort)
     }
 }
 

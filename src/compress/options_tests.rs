@@ -246,3 +246,54 @@ fn jpeg_to_webp_from_the_coefficients_matches_the_pixel_path() {
     let out = compress(&jpeg, &opts).unwrap();
     assert_eq!((out.width, out.height), (243, 321));
 }
+
+/// Effort 1 quantises to the perceptual table at the calibrated setting on both paths (pixels
+/// from a PNG, coefficients from a JPEG), which makes the outputs smaller here; outside the
+/// calibrated settings it is the fastest effort, byte for byte.
+#[test]
+fn effort_1_takes_the_perceptual_table_where_it_was_calibrated() {
+    use crate::jpeg::{Effort, Target};
+    let image = photo_like(320, 240);
+    let inputs = [
+        ("png", encode_as(image.clone(), ImageFormat::Png)),
+        ("jpeg q95", jpeg_fixture(&image, 95)),
+    ];
+    let effort1 = Effort::new(1).unwrap();
+    for (name, input) in &inputs {
+        for quality in [30u8, 50, 75] {
+            let opts = |effort| CompressOptions {
+                quality,
+                effort,
+                ..OPTS
+            };
+            let fast = compress(input, &opts(Effort::FASTEST)).unwrap();
+            let perceptual = compress(input, &opts(effort1)).unwrap();
+            let info = crate::jpeg::info(&perceptual.bytes).unwrap();
+            let luma = info.quant_tables[usize::from(info.components[0].tq)].unwrap();
+            assert_eq!(
+                luma,
+                Target::new(quality, effort1).luma(),
+                "{name} q{quality}"
+            );
+            assert_ne!(luma, Target::new(quality, Effort::FASTEST).luma());
+            assert!(
+                perceptual.bytes.len() < fast.bytes.len(),
+                "{name} q{quality}: {} against {} bytes",
+                perceptual.bytes.len(),
+                fast.bytes.len()
+            );
+        }
+        for quality in [10u8, 90] {
+            let opts = |effort| CompressOptions {
+                quality,
+                effort,
+                ..OPTS
+            };
+            assert_eq!(
+                compress(input, &opts(effort1)).unwrap().bytes,
+                compress(input, &opts(Effort::FASTEST)).unwrap().bytes,
+                "{name} q{quality}"
+            );
+        }
+    }
+}

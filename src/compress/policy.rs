@@ -94,7 +94,7 @@ pub(super) fn requantize_if_eligible(
     if verdict.as_ref().is_some_and(|v| !v.is_srgb()) || !takes_fast_path(&info) {
         return Ok(JpegRoute::Pixels(None));
     }
-    let Ok(r) = crate::jpeg::requantize(bytes, opts.quality.clamp(1, 100)) else {
+    let Ok(r) = crate::jpeg::requantize_to(bytes, opts.target()) else {
         return Ok(JpegRoute::Pixels(None));
     };
     let color = verdict.map_or(ColorHandling::Untagged, |v| v.handling());

@@ -22,7 +22,7 @@
 
 use super::encode::write_baseline;
 use super::parse::{Component, Image};
-use super::{err, scaled_table, JpegError, STD_CHROMA_QT, STD_LUMA_QT, ZIGZAG};
+use super::{err, JpegError, Target, ZIGZAG};
 
 /// How the pixels handed to [`encode_pixels`] are laid out (8 bits a sample, rows packed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,15 +43,15 @@ impl PixelLayout {
     }
 }
 
-/// Encodes `pixels` (`width` x `height`, rows packed) as a baseline JPEG at `quality` (1-100,
-/// clamped): gray stays one component, colour becomes YCbCr 4:2:0, with the IJG tables scaled
-/// as libjpeg scales them. The buffer is consumed (and freed as it is used).
+/// Encodes `pixels` (`width` x `height`, rows packed) as a baseline JPEG with `target`'s
+/// tables: gray stays one component, colour becomes YCbCr 4:2:0. The buffer is consumed (and
+/// freed as it is used).
 pub fn encode_pixels(
     pixels: Vec<u8>,
     width: u16,
     height: u16,
     layout: PixelLayout,
-    quality: u8,
+    target: Target,
 ) -> Result<Vec<u8>, JpegError> {
     if width == 0 || height == 0 {
         return err("empty image");
@@ -63,7 +63,7 @@ pub fn encode_pixels(
             pixels.len()
         ));
     }
-    let img = coefficients(pixels, width, height, layout, quality.clamp(1, 100));
+    let img = coefficients(pixels, width, height, layout, target);
     write_baseline(&img)
 }
 
@@ -73,13 +73,13 @@ pub(crate) fn coefficients(
     width: u16,
     height: u16,
     layout: PixelLayout,
-    quality: u8,
+    target: Target,
 ) -> Image {
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = super::forward_x86::Avx2::detect() {
-        return Front::new(pixels, width, height, layout, quality).run(&k);
+        return Front::new(pixels, width, height, layout, target).run(&k);
     }
-    Front::new(pixels, width, height, layout, quality).run(&Scalar)
+    Front::new(pixels, width, height, layout, target).run(&Scalar)
 }
 
 /// Every component's coefficients made with the kernels `k`, for tests comparing kernels on
@@ -90,10 +90,10 @@ pub(crate) fn coefficients_with<K: Kernels>(
     width: u16,
     height: u16,
     layout: PixelLayout,
-    quality: u8,
+    target: Target,
     k: &K,
 ) -> Vec<Vec<i16>> {
-    let img = Front::new(pixels, width, height, layout, quality).run(k);
+    let img = Front::new(pixels, width, height, layout, target).run(k);
     img.comps.into_iter().map(|c| c.coeffs).collect()
 }
 
@@ -364,10 +364,10 @@ struct Front {
 }
 
 impl Front {
-    fn new(pixels: Vec<u8>, width: u16, height: u16, layout: PixelLayout, quality: u8) -> Self {
+    fn new(pixels: Vec<u8>, width: u16, height: u16, layout: PixelLayout, target: Target) -> Self {
         let (w, h) = (usize::from(width), usize::from(height));
-        let luma_t = scaled_table(&STD_LUMA_QT, quality);
-        let chroma_t = scaled_table(&STD_CHROMA_QT, quality);
+        let luma_t = target.luma();
+        let chroma_t = target.chroma();
         let (mcux, mcuy, comps) = if layout == PixelLayout::Gray {
             let (bw, bh) = (w.div_ceil(8), h.div_ceil(8));
             (bw, bh, vec![component(1, 1, 0, luma_t, bw, bh, bw, bh)])

@@ -394,6 +394,7 @@ mod tests {
         }
         // Whole pictures, odd sizes: the strip loop, the padding and the tails of each row.
         use super::super::forward::{coefficients_with, PixelLayout};
+        let q75 = crate::jpeg::Target::new(75, crate::jpeg::Effort::FASTEST);
         for (w, h) in [(1u16, 1u16), (37, 21), (77, 45)] {
             for (layout, bpp) in [
                 (PixelLayout::Gray, 1),
@@ -403,8 +404,8 @@ mod tests {
                 let n = usize::from(w) * usize::from(h) * bpp;
                 let px: Vec<u8> = (0..n).map(|_| xorshift(&mut x) as u8).collect();
                 assert!(
-                    coefficients_with(px.clone(), w, h, layout, 75, &Scalar)
-                        == coefficients_with(px, w, h, layout, 75, &k),
+                    coefficients_with(px.clone(), w, h, layout, q75, &Scalar)
+                        == coefficients_with(px, w, h, layout, q75, &k),
                     "{w}x{h} {layout:?}"
                 );
             }

@@ -39,6 +39,7 @@ mod requant;
 mod resample;
 mod scaled;
 mod strip;
+mod tables;
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ pub use forward::{encode_pixels, PixelLayout};
 pub(crate) use parse::{check_structure, StructureProblem};
 pub use scaled::{decode_scaled, decode_yuv420, ScaledPixels, Yuv420Planes};
 pub use strip::{orientation_exif, strip_metadata, with_color_and_orientation};
+pub use tables::{Effort, Target, KLEIN};
 
 use std::fmt;
 
@@ -126,19 +128,24 @@ pub fn optimize_huffman(jpeg: &[u8]) -> Result<Vec<u8>, JpegError> {
     encode::write_baseline(&img)
 }
 
-/// Re-encodes a JPEG at `quality` (1-100) in the coefficient domain.
-///
-/// Target tables are the IJG (Annex K) tables scaled for `quality` as libjpeg scales them;
-/// where the input's step is already at least the target's, the input step and coefficient
-/// are kept, so an input at or below the target quality comes out pixel-identical. 4:4:4, 4:2:2
-/// and 4:4:0 YCbCr inputs come out 4:2:0, their chroma halved in the DCT domain (`resample`).
+/// Re-encodes a JPEG at `quality` (1-100) in the coefficient domain, with the fastest
+/// effort's tables ([`requantize_to`]).
 pub fn requantize(jpeg: &[u8], quality: u8) -> Result<Requantized, JpegError> {
     if !(1..=100).contains(&quality) {
         return err(format!("quality {quality} is outside 1-100"));
     }
+    requantize_to(jpeg, Target::new(quality, Effort::FASTEST))
+}
+
+/// Re-encodes a JPEG to `target`'s tables in the coefficient domain.
+///
+/// Where the input's step is already at least the target's, the input step and coefficient
+/// are kept, so an input at or below the target quality comes out pixel-identical. 4:4:4, 4:2:2
+/// and 4:4:0 YCbCr inputs come out 4:2:0, their chroma halved in the DCT domain (`resample`).
+pub fn requantize_to(jpeg: &[u8], target: Target) -> Result<Requantized, JpegError> {
     let mut img = parse::read_coefficients(jpeg)?;
-    resample::chroma_to_420(&mut img, quality);
-    requant::requantize_image(&mut img, quality);
+    resample::chroma_to_420(&mut img, target);
+    requant::requantize_image(&mut img, target);
     let bytes = encode::write_baseline(&img)?;
     Ok(Requantized {
         jpeg: bytes,

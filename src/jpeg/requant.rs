@@ -2,13 +2,13 @@
 
 use super::encode::nonzero_mask;
 use super::parse::Image;
-use super::{scaled_table, STD_CHROMA_QT, STD_LUMA_QT};
+use super::Target;
 
-/// Rescales every component's coefficients to the target tables for `quality`, keeping the
+/// Rescales every component's coefficients to `target`'s tables, keeping the
 /// input's step wherever it is already coarser.
-pub(crate) fn requantize_image(img: &mut Image, quality: u8) {
-    let luma = scaled_table(&STD_LUMA_QT, quality);
-    let chroma = scaled_table(&STD_CHROMA_QT, quality);
+pub(crate) fn requantize_image(img: &mut Image, target: Target) {
+    let luma = target.luma();
+    let chroma = target.chroma();
     for (ci, comp) in img.comps.iter_mut().enumerate() {
         let target = if ci == 0 { &luma } else { &chroma };
         let qin = comp.qt;

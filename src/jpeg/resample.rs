@@ -9,19 +9,19 @@
 //! column) of the pair; 4:4:4 takes it along rows, then along columns.
 
 use super::parse::{Component, Image};
-use super::{scaled_table, STD_CHROMA_QT, ZIGZAG};
+use super::{Target, ZIGZAG};
 
 /// Halves the chroma of a 4:4:4, 4:2:2 or 4:4:0 YCbCr frame in place, quantised straight to
-/// the IJG chroma table for `quality` (so `requantize_image` leaves chroma alone), and makes
+/// `target`'s chroma table (so `requantize_image` leaves chroma alone), and makes
 /// the frame 4:2:0: luma 2x2 with its block grid padded to whole 16x16 MCUs. Other frames are
 /// left as they are.
-pub(crate) fn chroma_to_420(img: &mut Image, quality: u8) {
+pub(crate) fn chroma_to_420(img: &mut Image, target: Target) {
     let Some((halve_x, halve_y)) = halved_directions(img) else {
         return;
     };
     let (w, h) = (usize::from(img.width), usize::from(img.height));
     let (mcux, mcuy) = (w.div_ceil(16), h.div_ceil(16));
-    let target = scaled_table(&STD_CHROMA_QT, quality);
+    let target = target.chroma();
     let m = Halve::new();
     for c in &mut img.comps[1..] {
         // Output chroma is ceil(w / 2) x ceil(h / 2) samples: exactly mcux x mcuy blocks, so

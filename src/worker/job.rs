@@ -71,6 +71,7 @@ async fn attempt(ctx: &Ctx, job: &ImageJob) -> JobOutcome {
         quality: options.quality(),
         max_pixels: ctx.config.limits.max_image_pixels,
         never_larger: ctx.config.never_larger,
+        effort: ctx.config.effort,
         size_box: SizeBox {
             max_width: options.max_width(),
             max_height: options.max_height(),
