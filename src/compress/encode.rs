@@ -72,7 +72,8 @@ mod turbo {
             c.set_size(width.into(), height.into());
             c.set_quality(f32::from(target.quality()));
             if let Some(setting) = target.perceptual() {
-                // The same table as the pure-Rust encoder, scaled the same way.
+                // The same base table as the pure-Rust encoder; mozjpeg scales it in floating
+                // point, which can put a step one off libjpeg's integer scaling.
                 let q = f32::from(setting);
                 let table = mozjpeg::qtable::KleinSilversteinCarney.scaled(q, q);
                 c.set_luma_qtable(&table);

@@ -270,10 +270,20 @@ fn effort_1_takes_the_perceptual_table_where_it_was_calibrated() {
             let perceptual = compress(input, &opts(effort1)).unwrap();
             let info = crate::jpeg::info(&perceptual.bytes).unwrap();
             let luma = info.quant_tables[usize::from(info.components[0].tq)].unwrap();
-            assert_eq!(
-                luma,
-                Target::new(quality, effort1).luma(),
-                "{name} q{quality}"
+            let want = Target::new(quality, effort1).luma();
+            // With `turbo` the pixel path's table is mozjpeg's scaling of the same base table,
+            // in floating point (below 50: 50/q where libjpeg has the integer 5000/q), which
+            // can be one step off.
+            let off = luma
+                .iter()
+                .zip(&want)
+                .map(|(&a, &b)| a.abs_diff(b))
+                .max()
+                .unwrap_or(0);
+            let allowed = u16::from(cfg!(feature = "turbo") && *name == "png");
+            assert!(
+                off <= allowed,
+                "{name} q{quality}: {luma:?} against {want:?}"
             );
             assert_ne!(luma, Target::new(quality, Effort::FASTEST).luma());
             assert!(

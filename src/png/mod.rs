@@ -25,6 +25,10 @@ pub(crate) const SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
 /// not yet unfiltered, since unfiltering changes them.
 const WINDOW: usize = 32 * 1024;
 
+/// How much is inflated before the rows it completes are unfiltered: a few hundred KB stay in
+/// the core's cache.
+const STRETCH: usize = 256 * 1024;
+
 /// A PNG this module decodes, as its chunks describe it.
 #[derive(Debug)]
 pub struct Plain {
@@ -132,7 +136,10 @@ impl Plain {
             .and_then(|w| w.checked_mul(bpp))
             .ok_or(PngError::TooLarge)?;
         let rows = usize::try_from(self.height).map_err(|_| PngError::TooLarge)?;
-        let filtered_len = (stride + 1).checked_mul(rows).ok_or(PngError::TooLarge)?;
+        let filtered_len = stride
+            .checked_add(1)
+            .and_then(|row| row.checked_mul(rows))
+            .ok_or(PngError::TooLarge)?;
         // Filtered rows go in at stride + 1 bytes each and come out at stride, so the one
         // buffer holds both, the output trailing behind.
         let mut buf = Vec::new();
@@ -148,8 +155,11 @@ impl Plain {
             let mut input = &bytes[range.clone()];
             let last = i + 1 == self.idat.len();
             loop {
+                // A bounded stretch at a time, so that rows are unfiltered while they are
+                // still in cache even when one chunk holds the whole image.
+                let limit = (produced + STRETCH).min(filtered_len);
                 let (used, made) = inflater
-                    .read(input, &mut buf, produced, last)
+                    .read(input, &mut buf[..limit], produced, last)
                     .map_err(PngError::Inflate)?;
                 input = &input[used..];
                 produced += made;
@@ -158,7 +168,10 @@ impl Plain {
                 if produced == filtered_len || inflater.is_done() {
                     break 'chunks;
                 }
-                if input.is_empty() || (used == 0 && made == 0) {
+                // `read` returns with its input used up, its output full, or the stream done:
+                // output short of the limit means this chunk is used up; at the limit, the
+                // inflater may still hold output, so ask again.
+                if produced < limit {
                     break;
                 }
             }

@@ -181,8 +181,9 @@ fn every_layout_and_filter_decodes_as_the_png_crate_does() {
 
 #[test]
 fn copies_from_the_far_end_of_deflates_window_read_filtered_bytes() {
-    // 904-byte rows repeating every 35 rows: copies from 31.6 KB back, just inside the window.
-    let (w, h) = (301, 120);
+    // 904-byte rows repeating every 35 rows: copies from 31.6 KB back, just inside the window;
+    // 361 KB of rows, more than one stretch of the inflater even in one chunk.
+    let (w, h) = (301, 400);
     let pixels = repeating(w, h, 3, 35);
     for filter in [FilterType::NoFilter, FilterType::Up, FilterType::Paeth] {
         let png = encode(&pixels, w, h, ExtendedColorType::Rgb8, filter);

@@ -140,22 +140,25 @@ mod sse2 {
         c: __m128i,
         filtered: __m128i,
     ) -> __m128i {
-        let select = |mask: __m128i, yes: __m128i, no: __m128i| {
-            if BLENDV {
-                _mm_blendv_epi8(no, yes, mask)
-            } else {
-                _mm_or_si128(_mm_and_si128(mask, yes), _mm_andnot_si128(mask, no))
-            }
-        };
         let thresh = _mm_sub_epi16(_mm_add_epi16(c, _mm_add_epi16(c, c)), _mm_add_epi16(a, b));
         let lo = _mm_min_epi16(a, b);
         let hi = _mm_max_epi16(a, b);
         // t0 = hi <= thresh ? lo : c
-        let t0 = select(_mm_cmpgt_epi16(hi, thresh), c, lo);
+        let t0 = select::<BLENDV>(_mm_cmpgt_epi16(hi, thresh), c, lo);
         // t1 = thresh <= lo ? hi : t0
-        let t1 = select(_mm_cmpgt_epi16(thresh, lo), t0, hi);
+        let t1 = select::<BLENDV>(_mm_cmpgt_epi16(thresh, lo), t0, hi);
         // Byte-wise: each lane's high byte is zero in both, so the low byte wraps alone.
         _mm_add_epi8(filtered, t1)
+    }
+
+    /// `yes` where `mask` is set, else `no` (masks are whole lanes).
+    #[inline(always)]
+    unsafe fn select<const BLENDV: bool>(mask: __m128i, yes: __m128i, no: __m128i) -> __m128i {
+        if BLENDV {
+            _mm_blendv_epi8(no, yes, mask)
+        } else {
+            _mm_or_si128(_mm_and_si128(mask, yes), _mm_andnot_si128(mask, no))
+        }
     }
 
     /// # Safety
