@@ -261,15 +261,18 @@ impl Job<'_> {
 
     /// A PNG: its rows decoded by [`crate::png`] when it takes the file (8-bit, not interlaced,
     /// no colour key: photos), else by `image`. `image`'s decoder reads the header and the
-    /// metadata either way.
+    /// metadata either way; the chunks are walked (and checksummed) only once the header has
+    /// passed.
     fn run_png(
         &self,
         decoder: ImageResult<PngDecoder<Cursor<&[u8]>>>,
     ) -> Result<Made, CompressError> {
-        match crate::png::Plain::read(self.bytes) {
-            Some(plain) => self.run_with(decoder, None, |_| self.decode_plain(&plain)),
-            None => self.run(decoder, None),
-        }
+        self.run_with(decoder, None, |decoder| {
+            match crate::png::Plain::read(self.bytes) {
+                Some(plain) => self.decode_plain(&plain),
+                None => self.decode_whole(decoder),
+            }
+        })
     }
 
     fn run_with<D: ImageDecoder>(

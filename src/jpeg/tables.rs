@@ -62,10 +62,6 @@ impl Target {
         self.quality
     }
 
-    pub fn effort(self) -> Effort {
-        self.effort
-    }
-
     /// The setting [`KLEIN`] is scaled at, when this target uses it (effort 1, settings
     /// 20-80); None: libjpeg's tables at the quality setting.
     pub fn perceptual(self) -> Option<u8> {

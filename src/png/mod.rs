@@ -95,8 +95,7 @@ impl Plain {
                     if idat.last().is_some_and(|r: &Range<usize>| r.end + 4 != at) {
                         return None;
                     }
-                    let crc = crc32fast::hash(&bytes[at + 4..next.data.end]);
-                    if crc != next.crc {
+                    if next.computed_crc(bytes) != next.crc {
                         return None;
                     }
                     idat.push(next.data.clone());
@@ -266,7 +265,7 @@ pub fn check_against_png_crate(data: &[u8], max_pixels: u64) -> usize {
     let mut fixed = data.to_vec();
     let mut at = SIGNATURE.len();
     while let Some(next) = chunk(&fixed, at) {
-        let crc = crc32fast::hash(&fixed[at + 4..next.data.end]);
+        let crc = next.computed_crc(&fixed);
         fixed[next.data.end..next.data.end + 4].copy_from_slice(&crc.to_be_bytes());
         at += next.len;
     }
@@ -298,6 +297,13 @@ pub(crate) struct Chunk {
     crc: u32,
     /// Bytes the whole chunk takes: length, type, data and CRC.
     pub(crate) len: usize,
+}
+
+impl Chunk {
+    /// The CRC of its type and data as they are in `bytes`.
+    fn computed_crc(&self, bytes: &[u8]) -> u32 {
+        crc32fast::hash(&bytes[self.data.start - 4..self.data.end])
+    }
 }
 
 /// The chunk starting at `at`, if the file holds all of it.
