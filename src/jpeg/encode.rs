@@ -7,8 +7,8 @@ use super::parse::Image;
 use super::{err, JpegError};
 
 /// Accumulates bits MSB-first and emits bytes with 0xFF stuffing.
-struct BitWriter {
-    out: Vec<u8>,
+pub(super) struct BitWriter {
+    pub(super) out: Vec<u8>,
     /// Pending bits at the low end; above them, bits already emitted or garbage that the next
     /// shifts push out.
     acc: u64,
@@ -17,7 +17,7 @@ struct BitWriter {
 }
 
 impl BitWriter {
-    fn new(out: Vec<u8>) -> Self {
+    pub(super) fn new(out: Vec<u8>) -> Self {
         BitWriter {
             out,
             acc: 0,
@@ -60,7 +60,7 @@ impl BitWriter {
     }
 
     /// Pads the last byte with 1 bits, as T.81 requires, and flushes.
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         let pad = (64 - self.free) % 8;
         let pad = (8 - pad) % 8;
         self.put((1 << pad) - 1, pad);
@@ -78,14 +78,14 @@ impl BitWriter {
 }
 
 /// Receives the symbol stream of a scan; implemented once for counting, once for writing.
-trait Sink {
+pub(super) trait Sink {
     fn dc(&mut self, table: usize, size: u32, bits: u32);
     fn ac(&mut self, table: usize, rs: u8, size: u32, bits: u32);
 }
 
-struct Counter {
-    dc: [[u32; 256]; 2],
-    ac: [[u32; 256]; 2],
+pub(super) struct Counter {
+    pub(super) dc: [[u32; 256]; 2],
+    pub(super) ac: [[u32; 256]; 2],
 }
 
 impl Sink for Counter {
@@ -99,10 +99,10 @@ impl Sink for Counter {
     }
 }
 
-struct Writer<'a> {
-    w: BitWriter,
-    dc: [&'a EncodeTable; 2],
-    ac: [&'a EncodeTable; 2],
+pub(super) struct Writer<'a> {
+    pub(super) w: BitWriter,
+    pub(super) dc: [&'a EncodeTable; 2],
+    pub(super) ac: [&'a EncodeTable; 2],
 }
 
 impl Sink for Writer<'_> {
@@ -124,7 +124,7 @@ impl Sink for Writer<'_> {
 
 /// Magnitude category and the extra bits that encode `v` (T.81 F.1.2.1).
 #[inline]
-fn category(v: i32) -> (u32, u32) {
+pub(super) fn category(v: i32) -> (u32, u32) {
     let a = v.unsigned_abs();
     let size = 32 - a.leading_zeros();
     // v - 1 for negative v, without a branch on the (random) sign.
@@ -183,13 +183,13 @@ pub(crate) fn nonzero_mask_portable(block: &[i16; 64]) -> u64 {
 
 /// The 64 coefficients of the block starting at `off`.
 #[inline]
-fn block_at(coeffs: &[i16], off: usize) -> &[i16; 64] {
+pub(super) fn block_at(coeffs: &[i16], off: usize) -> &[i16; 64] {
     coeffs[off..off + 64].try_into().expect("64 coefficients")
 }
 
-/// Emits the symbols of one block. Returns false if a value is outside baseline range.
+/// Emits the DC difference of one block. Returns false if it is outside baseline range.
 #[inline]
-fn block_symbols<S: Sink>(sink: &mut S, t: usize, block: &[i16; 64], pred: &mut i32) -> bool {
+pub(super) fn dc_symbol<S: Sink>(sink: &mut S, t: usize, block: &[i16; 64], pred: &mut i32) -> bool {
     let dc = i32::from(block[0]);
     let (size, bits) = category(dc - *pred);
     *pred = dc;
@@ -197,6 +197,15 @@ fn block_symbols<S: Sink>(sink: &mut S, t: usize, block: &[i16; 64], pred: &mut 
         return false;
     }
     sink.dc(t, size, bits);
+    true
+}
+
+/// Emits the symbols of one block. Returns false if a value is outside baseline range.
+#[inline]
+fn block_symbols<S: Sink>(sink: &mut S, t: usize, block: &[i16; 64], pred: &mut i32) -> bool {
+    if !dc_symbol(sink, t, block, pred) {
+        return false;
+    }
     // Walking the set bits skips the zero runs directly.
     let mut mask = nonzero_mask(block) & !1;
     let mut last = 0u32; // index of the previous nonzero coefficient
@@ -223,7 +232,11 @@ fn block_symbols<S: Sink>(sink: &mut S, t: usize, block: &[i16; 64], pred: &mut 
 
 /// Walks the frame in output order: interleaved MCUs for several components, plain block
 /// order for one.
-fn walk<S: Sink>(img: &Image, sink: &mut S) -> Result<(), JpegError> {
+pub(super) fn walk<S: Sink>(
+    img: &Image,
+    sink: &mut S,
+    each: fn(&mut S, usize, &[i16; 64], &mut i32) -> bool,
+) -> Result<(), JpegError> {
     let mut pred = [0i32; 4];
     let ok = if img.comps.len() == 1 {
         let c = &img.comps[0];
@@ -231,7 +244,7 @@ fn walk<S: Sink>(img: &Image, sink: &mut S) -> Result<(), JpegError> {
         for by in 0..c.h_blocks {
             for bx in 0..c.w_blocks {
                 let off = (by * c.bw + bx) * 64;
-                ok &= block_symbols(sink, 0, block_at(&c.coeffs, off), &mut pred[0]);
+                ok &= each(sink, 0, block_at(&c.coeffs, off), &mut pred[0]);
             }
         }
         ok
@@ -246,7 +259,7 @@ fn walk<S: Sink>(img: &Image, sink: &mut S) -> Result<(), JpegError> {
                         let row = (my * v + oy) * c.bw;
                         for ox in 0..h {
                             let off = (row + mx * h + ox) * 64;
-                            ok &= block_symbols(sink, t, block_at(&c.coeffs, off), &mut pred[ci]);
+                            ok &= each(sink, t, block_at(&c.coeffs, off), &mut pred[ci]);
                         }
                     }
                 }
@@ -261,28 +274,63 @@ fn walk<S: Sink>(img: &Image, sink: &mut S) -> Result<(), JpegError> {
     }
 }
 
-fn push_segment(out: &mut Vec<u8>, marker: u8, payload: &[u8]) {
+pub(super) fn push_segment(out: &mut Vec<u8>, marker: u8, payload: &[u8]) {
     out.extend_from_slice(&[0xFF, marker]);
     out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
     out.extend_from_slice(payload);
 }
 
-/// Writes `img` as a baseline JPEG with one interleaved scan and optimal Huffman tables.
-pub(crate) fn write_baseline(img: &Image) -> Result<Vec<u8>, JpegError> {
+/// The symbol statistics of `img` coded as one baseline interleaved scan: the writer's first
+/// pass, and the progressive planner's yardstick.
+pub(super) fn baseline_counts(img: &Image) -> Result<Counter, JpegError> {
     let nc = img.comps.len();
     if nc != 1 && nc != 3 {
         return err(format!("cannot write {nc} components"));
     }
-    // Pass 1: statistics.
     let mut counter = Counter {
         dc: [[0; 256]; 2],
         ac: [[0; 256]; 2],
     };
-    walk(img, &mut counter)?;
-    let ntab = if nc == 1 { 1 } else { 2 };
-    let dc_specs: Vec<HuffSpec> = (0..ntab).map(|t| build_optimal(&counter.dc[t])).collect();
-    let ac_specs: Vec<HuffSpec> = (0..ntab).map(|t| build_optimal(&counter.ac[t])).collect();
+    walk(img, &mut counter, block_symbols)?;
+    Ok(counter)
+}
 
+/// Writes `img` as a baseline JPEG with one interleaved scan and optimal Huffman tables.
+pub(crate) fn write_baseline(img: &Image) -> Result<Vec<u8>, JpegError> {
+    let counter = baseline_counts(img)?;
+    write_baseline_counted(img, &counter)
+}
+
+/// Writes `img` as `target` asks: baseline, or the smaller of baseline and progressive.
+pub(crate) fn write(img: &Image, target: super::Target) -> Result<Vec<u8>, JpegError> {
+    if target.progressive() {
+        write_smallest(img)
+    } else {
+        write_baseline(img)
+    }
+}
+
+/// Writes `img` as whichever is smaller: a baseline JPEG, or a progressive one whose spectral
+/// bands are chosen for size (`progressive`). Same coefficients, so the same pixels.
+pub(crate) fn write_smallest(img: &Image) -> Result<Vec<u8>, JpegError> {
+    let counter = baseline_counts(img)?;
+    match super::progressive::plan(img, &counter)? {
+        Some(plan) => super::progressive::write(img, &counter, &plan),
+        None => write_baseline_counted(img, &counter),
+    }
+}
+
+/// The optimal DC and AC tables for `counter`'s statistics (one pair for gray, two for colour).
+pub(super) fn baseline_specs(img: &Image, counter: &Counter) -> (Vec<HuffSpec>, Vec<HuffSpec>) {
+    let ntab = if img.comps.len() == 1 { 1 } else { 2 };
+    let dc = (0..ntab).map(|t| build_optimal(&counter.dc[t])).collect();
+    let ac = (0..ntab).map(|t| build_optimal(&counter.ac[t])).collect();
+    (dc, ac)
+}
+
+/// SOI, DQT and the frame header (`sof`: 0xC0 baseline, 0xC2 progressive).
+pub(super) fn frame_headers(img: &Image, sof_marker: u8) -> Result<Vec<u8>, JpegError> {
+    let nc = img.comps.len();
     // Quantisation tables: deduplicate per-component tables into at most 4 slots (after
     // requantisation, components that shared an input table may no longer share one).
     let mut qtabs: Vec<[u16; 64]> = Vec::new();
@@ -324,16 +372,29 @@ pub(crate) fn write_baseline(img: &Image) -> Result<Vec<u8>, JpegError> {
     for (c, &tq) in img.comps.iter().zip(&comp_tq) {
         sof.extend_from_slice(&[c.id, (c.h << 4) | c.v, tq]);
     }
-    push_segment(&mut out, 0xC0, &sof);
+    push_segment(&mut out, sof_marker, &sof);
+    Ok(out)
+}
+
+/// A DHT segment defining `tables`: (class 0 DC / 1 AC, slot, table).
+pub(super) fn push_dht(out: &mut Vec<u8>, tables: &[(u8, usize, &HuffSpec)]) {
     let mut dht = Vec::new();
-    for (class, specs) in [(0u8, &dc_specs), (1u8, &ac_specs)] {
-        for (t, s) in specs.iter().enumerate() {
-            dht.push((class << 4) | t as u8);
-            dht.extend_from_slice(&s.counts);
-            dht.extend_from_slice(&s.symbols);
-        }
+    for &(class, slot, s) in tables {
+        dht.push((class << 4) | slot as u8);
+        dht.extend_from_slice(&s.counts);
+        dht.extend_from_slice(&s.symbols);
     }
-    push_segment(&mut out, 0xC4, &dht);
+    push_segment(out, 0xC4, &dht);
+}
+
+fn write_baseline_counted(img: &Image, counter: &Counter) -> Result<Vec<u8>, JpegError> {
+    let nc = img.comps.len();
+    let (dc_specs, ac_specs) = baseline_specs(img, counter);
+    let mut out = frame_headers(img, 0xC0)?;
+    let tables: Vec<(u8, usize, &HuffSpec)> = (dc_specs.iter().enumerate().map(|(t, s)| (0, t, s)))
+        .chain(ac_specs.iter().enumerate().map(|(t, s)| (1, t, s)))
+        .collect();
+    push_dht(&mut out, &tables);
     let mut sos = vec![nc as u8];
     for (ci, c) in img.comps.iter().enumerate() {
         let t = u8::from(ci != 0);
@@ -345,13 +406,13 @@ pub(crate) fn write_baseline(img: &Image) -> Result<Vec<u8>, JpegError> {
     // Pass 2: entropy-coded data.
     let dc_enc: Vec<EncodeTable> = dc_specs.iter().map(EncodeTable::new).collect();
     let ac_enc: Vec<EncodeTable> = ac_specs.iter().map(EncodeTable::new).collect();
-    let last = ntab - 1;
+    let last = dc_enc.len() - 1;
     let mut writer = Writer {
         w: BitWriter::new(out),
         dc: [&dc_enc[0], &dc_enc[last]],
         ac: [&ac_enc[0], &ac_enc[last]],
     };
-    walk(img, &mut writer)?;
+    walk(img, &mut writer, block_symbols)?;
     writer.w.finish();
     let mut out = writer.w.out;
     out.extend_from_slice(&[0xFF, 0xD9]);

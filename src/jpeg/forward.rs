@@ -20,8 +20,9 @@
 //! and its coefficients (36 MB each) at once; the zeroed coefficient buffers are only paged in
 //! as they are written.
 
-use super::encode::write_baseline;
+use super::encode::write;
 use super::parse::{Component, Image};
+use super::trellis::Quantiser;
 use super::{err, JpegError, Target, ZIGZAG};
 
 /// How the pixels handed to [`encode_pixels`] are laid out (8 bits a sample, rows packed).
@@ -64,7 +65,7 @@ pub fn encode_pixels(
         ));
     }
     let img = coefficients(pixels, width, height, layout, target);
-    write_baseline(&img)
+    write(&img, target)
 }
 
 /// The quantised coefficients of `pixels`, with the best kernels this CPU has.
@@ -105,8 +106,17 @@ pub(crate) trait Kernels {
     /// Two rows of full-resolution chroma to one of half resolution in each direction.
     fn downsample_row(&self, a: &[u8], b: &[u8], out: &mut [u8]);
     /// The 8x8 block whose top-left sample is `plane[at]` (rows `stride` apart): forward DCT,
-    /// quantised by `q`, written in zigzag order.
-    fn fdct_quantize(&self, plane: &[u8], at: usize, stride: usize, q: &Divisors, out: &mut [i16]);
+    /// quantised by `q`, written in zigzag order; and, for trellis quantisation, the DCT's
+    /// output before quantisation into `raw` (output layout, 8 times the coefficient scale).
+    fn fdct_quantize(
+        &self,
+        plane: &[u8],
+        at: usize,
+        stride: usize,
+        q: &Divisors,
+        out: &mut [i16],
+        raw: Option<&mut [i32; 64]>,
+    );
 }
 
 /// A quantisation table as divisors of the DCT's output (which is scaled up by 8), in
@@ -320,7 +330,15 @@ impl Kernels for Scalar {
         }
     }
 
-    fn fdct_quantize(&self, plane: &[u8], at: usize, stride: usize, q: &Divisors, out: &mut [i16]) {
+    fn fdct_quantize(
+        &self,
+        plane: &[u8],
+        at: usize,
+        stride: usize,
+        q: &Divisors,
+        out: &mut [i16],
+        raw: Option<&mut [i32; 64]>,
+    ) {
         use scalar_ops::*;
         let mut cols = [[0i32; 8]; 8]; // cols[x][y]
         for y in 0..8 {
@@ -349,6 +367,9 @@ impl Kernels for Scalar {
             let i = usize::from(ZIGZAG_FROM_OUTPUT[k]);
             *o = quantize(f[i], q, i);
         }
+        if let Some(raw) = raw {
+            *raw = f;
+        }
     }
 }
 
@@ -361,6 +382,8 @@ struct Front {
     img: Image,
     luma: Divisors,
     chroma: Divisors,
+    /// Trellis quantisers for luma and chroma, when the target asks for them.
+    trellis: Option<[Quantiser; 2]>,
 }
 
 impl Front {
@@ -409,6 +432,9 @@ impl Front {
             },
             luma: Divisors::new(&luma_t),
             chroma: Divisors::new(&chroma_t),
+            trellis: target
+                .trellis()
+                .then(|| [Quantiser::new(&luma_t, false), Quantiser::new(&chroma_t, true)]),
         }
     }
 }
@@ -499,17 +525,30 @@ impl Front {
             }
             // Blocks of this MCU row.
             let (luma, chroma) = (&self.luma, &self.chroma);
+            let mut trellis = self.trellis.as_mut();
+            let mut raw = [0i32; 64];
+            let mut block = |plane: &[u8], at, stride, q, t: usize, out: &mut [i16]| {
+                let Some(tq) = trellis.as_mut() else {
+                    return k.fdct_quantize(plane, at, stride, q, out, None);
+                };
+                k.fdct_quantize(plane, at, stride, q, out, Some(&mut raw));
+                let x: [f32; 64] = std::array::from_fn(|z| {
+                    raw[usize::from(ZIGZAG_FROM_OUTPUT[z])] as f32 * 0.125
+                });
+                tq[t].apply(out.try_into().expect("64 coefficients"), &x);
+            };
             let y_comp = &mut self.img.comps[0];
             let per_row = rows / 8;
             for by in 0..per_row {
                 let brow = my * per_row + by;
                 for bx in 0..y_comp.bw {
                     let off = (brow * y_comp.bw + bx) * 64;
-                    k.fdct_quantize(
+                    block(
                         &ys,
                         by * 8 * pw + bx * 8,
                         pw,
                         luma,
+                        0,
                         &mut y_comp.coeffs[off..off + 64],
                     );
                 }
@@ -519,7 +558,7 @@ impl Front {
                     let c = &mut self.img.comps[ci];
                     for bx in 0..c.bw {
                         let off = (my * c.bw + bx) * 64;
-                        k.fdct_quantize(plane, bx * 8, half, chroma, &mut c.coeffs[off..off + 64]);
+                        block(plane, bx * 8, half, chroma, 1, &mut c.coeffs[off..off + 64]);
                     }
                 }
             }
@@ -606,7 +645,7 @@ mod tests {
         for _ in 0..200 {
             let block: Vec<u8> = (0..64).map(|_| xorshift(&mut x) as u8).collect();
             let mut out = [0i16; 64];
-            Scalar.fdct_quantize(&block, 0, 8, &one, &mut out);
+            Scalar.fdct_quantize(&block, 0, 8, &one, &mut out, None);
             for (zz, &got) in out.iter().enumerate() {
                 let n = usize::from(ZIGZAG[zz]);
                 let (v, u) = (n / 8, n % 8);

@@ -43,11 +43,19 @@ impl Kernels for Avx2 {
         }
     }
 
-    fn fdct_quantize(&self, plane: &[u8], at: usize, stride: usize, q: &Divisors, out: &mut [i16]) {
+    fn fdct_quantize(
+        &self,
+        plane: &[u8],
+        at: usize,
+        stride: usize,
+        q: &Divisors,
+        out: &mut [i16],
+        raw: Option<&mut [i32; 64]>,
+    ) {
         // The block must be inside the plane: checked here, once, for the unchecked loads.
         assert!(at + 7 * stride + 8 <= plane.len() && out.len() >= 64);
         // SAFETY: as above; and the bounds just checked.
-        unsafe { fdct_quantize(plane, at, stride, q, out) }
+        unsafe { fdct_quantize(plane, at, stride, q, out, raw) }
     }
 }
 
@@ -293,7 +301,14 @@ fn transpose(r: [__m256i; 8]) -> [__m256i; 8] {
 /// # Safety
 /// `plane[at + y * stride .. + 8]` for y in 0..8 must be in bounds, `out` at least 64 long.
 #[target_feature(enable = "avx2")]
-unsafe fn fdct_quantize(plane: &[u8], at: usize, stride: usize, q: &Divisors, out: &mut [i16]) {
+unsafe fn fdct_quantize(
+    plane: &[u8],
+    at: usize,
+    stride: usize,
+    q: &Divisors,
+    out: &mut [i16],
+    raw: Option<&mut [i32; 64]>,
+) {
     let base = plane.as_ptr().add(at);
     let center = _mm256_set1_epi32(128);
     let mut rows = [_mm256_setzero_si256(); 8];
@@ -307,6 +322,12 @@ unsafe fn fdct_quantize(plane: &[u8], at: usize, stride: usize, q: &Divisors, ou
     // Register x: column x's vertical frequencies; pass 2 across them gives register u =
     // horizontal frequency u, lanes vertical frequencies: the layout `Divisors` uses.
     let p2 = islow_1d!(transpose(p1), add, sub, mul, even2, odd2);
+    if let Some(raw) = raw {
+        for (i, r) in p2.iter().enumerate() {
+            // SAFETY: 8 lanes at i * 8 of a 64-entry array.
+            _mm256_storeu_si256(raw[i * 8..].as_mut_ptr().cast(), *r);
+        }
+    }
     let mut buf = [0i16; 64];
     for pair in 0..4 {
         let quant = |i: usize| {
@@ -371,8 +392,8 @@ mod tests {
                     })
                     .collect();
                 let (mut a, mut b) = ([0i16; 64], [0i16; 64]);
-                Scalar.fdct_quantize(&plane, 0, stride, &q, &mut a);
-                k.fdct_quantize(&plane, 0, stride, &q, &mut b);
+                Scalar.fdct_quantize(&plane, 0, stride, &q, &mut a, None);
+                k.fdct_quantize(&plane, 0, stride, &q, &mut b, None);
                 assert_eq!(a, b, "q{quality} case {case}");
             }
         }

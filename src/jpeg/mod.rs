@@ -35,11 +35,13 @@ mod forward;
 mod forward_x86;
 mod huffman;
 mod parse;
+mod progressive;
 mod requant;
 mod resample;
 mod scaled;
 mod strip;
 mod tables;
+mod trellis;
 
 #[cfg(test)]
 mod tests;
@@ -146,7 +148,7 @@ pub fn requantize_to(jpeg: &[u8], target: Target) -> Result<Requantized, JpegErr
     let mut img = parse::read_coefficients(jpeg)?;
     resample::chroma_to_420(&mut img, target);
     requant::requantize_image(&mut img, target);
-    let bytes = encode::write_baseline(&img)?;
+    let bytes = encode::write(&img, target)?;
     Ok(Requantized {
         jpeg: bytes,
         width: img.width,

@@ -2,13 +2,17 @@
 
 use super::encode::nonzero_mask;
 use super::parse::Image;
+use super::trellis::Quantiser;
 use super::Target;
 
 /// Rescales every component's coefficients to `target`'s tables, keeping the
-/// input's step wherever it is already coarser.
+/// input's step wherever it is already coarser. With trellis quantisation, each rescaled block
+/// is then revised against the input's own coefficients, which are the picture as exactly as
+/// anything the service has: no pixels are needed to measure the error.
 pub(crate) fn requantize_image(img: &mut Image, target: Target) {
     let luma = target.luma();
     let chroma = target.chroma();
+    let trellis = target.trellis();
     for (ci, comp) in img.comps.iter_mut().enumerate() {
         let target = if ci == 0 { &luma } else { &chroma };
         let qin = comp.qt;
@@ -20,8 +24,18 @@ pub(crate) fn requantize_image(img: &mut Image, target: Target) {
             continue;
         }
         let rescaler = BlockRescaler::new(&qin, &qout);
+        let mut trellis = trellis.then(|| Quantiser::new(&qout, ci != 0));
         for block in comp.coeffs.chunks_exact_mut(64) {
-            rescaler.apply(block.try_into().expect("64 coefficients"));
+            let block: &mut [i16; 64] = block.try_into().expect("64 coefficients");
+            match &mut trellis {
+                None => rescaler.apply(block),
+                Some(t) => {
+                    let x: [f32; 64] =
+                        std::array::from_fn(|k| f32::from(block[k]) * f32::from(qin[k]));
+                    rescaler.apply(block);
+                    t.apply(block, &x);
+                }
+            }
         }
         comp.qt = qout;
     }

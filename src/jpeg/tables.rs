@@ -16,7 +16,7 @@ impl Effort {
     /// Today's encoder.
     pub const FASTEST: Effort = Effort(0);
     /// The highest level there is.
-    pub const MAX: u8 = 1;
+    pub const MAX: u8 = 3;
 
     /// `level` (0 to [`Effort::MAX`]), or None.
     pub fn new(level: u8) -> Option<Effort> {
@@ -62,13 +62,25 @@ impl Target {
         self.quality
     }
 
-    /// The setting [`KLEIN`] is scaled at, when this target uses it (effort 1, settings
-    /// 20-80); None: libjpeg's tables at the quality setting.
+    /// The setting [`KLEIN`] is scaled at, when this target uses it (effort 1 and up,
+    /// settings 20-80); None: libjpeg's tables at the quality setting.
     pub fn perceptual(self) -> Option<u8> {
         match self.effort.0 {
             0 => None,
-            _ => perceptual_quality(self.quality),
+            1 => perceptual_quality(&PERCEPTUAL, self.quality),
+            _ => perceptual_quality(&PERCEPTUAL_TRELLIS, self.quality),
         }
+    }
+
+    /// Whether AC coefficients are chosen by rate and distortion (`trellis`) rather than
+    /// rounded: effort 2 and up.
+    pub(crate) fn trellis(self) -> bool {
+        self.effort.0 >= 2
+    }
+
+    /// Whether the writer may code the output progressively, when that is smaller: effort 3.
+    pub(crate) fn progressive(self) -> bool {
+        self.effort.0 >= 3
     }
 
     /// The luma steps, zigzag order.
@@ -111,10 +123,27 @@ const PERCEPTUAL: [(u8, u8); 13] = [
     (80, 82),
 ];
 
+/// Effort 2's calibration (the table with trellis quantisation), made the same way.
+const PERCEPTUAL_TRELLIS: [(u8, u8); 13] = [
+    (20, 20),
+    (25, 25),
+    (30, 29),
+    (35, 32),
+    (40, 36),
+    (45, 42),
+    (50, 47),
+    (55, 52),
+    (60, 57),
+    (65, 60),
+    (70, 67),
+    (75, 75),
+    (80, 82),
+];
+
 /// The setting [`KLEIN`] is scaled at for `quality`, linear between the calibrated anchors;
 /// None outside them.
-fn perceptual_quality(quality: u8) -> Option<u8> {
-    PERCEPTUAL.windows(2).find_map(|pair| {
+fn perceptual_quality(anchors: &[(u8, u8)], quality: u8) -> Option<u8> {
+    anchors.windows(2).find_map(|pair| {
         let ((q0, s0), (q1, s1)) = (pair[0], pair[1]);
         (q0..=q1).contains(&quality).then(|| {
             let (span, step) = (u32::from(q1 - q0), u32::from(quality - q0));
@@ -142,7 +171,7 @@ mod tests {
     fn effort_reads_its_levels_and_nothing_else() {
         assert_eq!("0".parse::<Effort>(), Ok(Effort::FASTEST));
         assert_eq!(" 1 ".parse::<Effort>().map(Effort::level), Ok(1));
-        for bad in ["2", "-1", "", "fast", "1.5", "256"] {
+        for bad in ["4", "-1", "", "fast", "1.5", "256"] {
             assert!(bad.parse::<Effort>().is_err(), "{bad:?}");
         }
         assert_eq!(Effort::default(), Effort::FASTEST);
@@ -182,8 +211,8 @@ mod tests {
         }
         // The anchors themselves, and a point between two.
         for (q, setting) in PERCEPTUAL {
-            assert_eq!(perceptual_quality(q), Some(setting));
+            assert_eq!(perceptual_quality(&PERCEPTUAL, q), Some(setting));
         }
-        assert_eq!(perceptual_quality(52), Some(49)); // 47 + 4 * 2/5 = 48.6
+        assert_eq!(perceptual_quality(&PERCEPTUAL, 52), Some(49)); // 47 + 4 * 2/5 = 48.6
     }
 }

@@ -1,0 +1,268 @@
+//! Rate-distortion ("trellis") quantisation of a block's AC coefficients.
+//!
+//! Rounding each coefficient to the nearest step is the least distortion, not the best trade:
+//! a lone ±1 far down the zigzag can cost a dozen bits (its run, its category, and the EOB it
+//! pushes back) for a sliver of error. For each block this chooses, among each coefficient's
+//! rounded value and the smaller magnitudes that end a lower category (1, 3, 7, ...), or zero,
+//! the assignment that minimises bits + weight x squared error, by dynamic programming over
+//! "the last nonzero coefficient so far" (mozjpeg's `quantize_trellis`, T.81's run-length
+//! symbols as the rate). Error is counted in steps squared, weighted less in busy blocks,
+//! where the eye masks it: weight = 2^14.75 / (2^10.5 + mean AC energy), mozjpeg's defaults.
+//!
+//! The rate of each symbol comes from T.81 Annex K's typical AC tables (the writer then fits
+//! its own tables to what comes out, as mozjpeg's first trellis pass does). DC is left as it
+//! was rounded: its cost depends on the neighbour, and its error shows as block contrast.
+
+use super::encode::nonzero_mask;
+use super::huffman::{build_optimal, EncodeTable};
+
+/// Bits of each AC symbol's code, per table (0 luma, 1 chroma); 0 = no such symbol.
+pub(crate) struct Rates([[u8; 256]; 2]);
+
+/// The code lengths T.81 Annex K (tables K.5 and K.6) gives: `BITS` counts codes of length
+/// 1-16, the symbols listed are the ones with codes shorter than 16 bits, in code order;
+/// every other run/size symbol has a 16-bit code.
+const LUMA_BITS: [u8; 15] = [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1];
+const LUMA_SHORT: [u8; 37] = [
+    0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61,
+    0x07, 0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52,
+    0xd1, 0xf0, 0x24, 0x33, 0x62, 0x72, 0x82,
+];
+const CHROMA_BITS: [u8; 15] = [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2];
+const CHROMA_SHORT: [u8; 43] = [
+    0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61,
+    0x71, 0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33,
+    0x52, 0xf0, 0x15, 0x62, 0x72, 0xd1, 0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1,
+];
+
+const fn annex_k(bits: &[u8; 15], short: &[u8]) -> [u8; 256] {
+    let mut len = [0u8; 256];
+    // Every AC symbol: EOB, ZRL, and run 0-15 with size 1-10.
+    len[0x00] = 16;
+    len[0xF0] = 16;
+    let mut run = 0;
+    while run < 16 {
+        let mut size = 1;
+        while size <= 10 {
+            len[run * 16 + size] = 16;
+            size += 1;
+        }
+        run += 1;
+    }
+    let (mut l, mut i) = (0, 0);
+    while l < 15 {
+        let mut n = 0;
+        while n < bits[l] {
+            len[short[i] as usize] = l as u8 + 1;
+            i += 1;
+            n += 1;
+        }
+        l += 1;
+    }
+    len
+}
+
+/// Annex K's rates, for luma (table 0) and chroma (table 1).
+pub(crate) static ANNEX_K: Rates = Rates([
+    annex_k(&LUMA_BITS, &LUMA_SHORT),
+    annex_k(&CHROMA_BITS, &CHROMA_SHORT),
+]);
+
+/// One component's quantiser for trellis decisions.
+pub(crate) struct Quantiser {
+    /// 1 / step per zigzag position.
+    recip: [f32; 64],
+    /// Bits of each AC symbol's code, as the writer will most likely code it.
+    rates: [u8; 256],
+    /// Symbols chosen so far, and when to refit `rates` to them.
+    counts: [u32; 256],
+    blocks: u32,
+    refit_at: u32,
+}
+
+/// Blocks coded before the rates are first fitted to the image's own symbols (then again
+/// after twice as many, and so on).
+const FIRST_REFIT: u32 = 256;
+
+/// mozjpeg's `lambda_log_scale1` and `lambda_log_scale2` less 6 (its coefficients are 8 times
+/// ours, their energy 64 times).
+const LAMBDA_SCALE: f32 = 26_910.0; // 2^14.75
+const LAMBDA_FLOOR: f32 = 1_448.2; // 2^10.5
+
+impl Quantiser {
+    /// For steps `table` (zigzag), with the luma (`chroma` false) or chroma rates.
+    pub(crate) fn new(table: &[u16; 64], chroma: bool) -> Self {
+        let mut recip = [0f32; 64];
+        for (r, &q) in recip.iter_mut().zip(table) {
+            *r = 1.0 / f32::from(q.max(1));
+        }
+        Quantiser {
+            recip,
+            rates: ANNEX_K.0[usize::from(chroma)],
+            counts: [0; 256],
+            blocks: 0,
+            refit_at: FIRST_REFIT,
+        }
+    }
+
+    /// The code lengths optimal tables would give the symbols counted so far. Every symbol
+    /// keeps a code (count + 1), so no choice is ruled out for having been rare so far.
+    fn refit(&mut self) {
+        let mut freq = [0u32; 256];
+        for (s, f) in freq.iter_mut().enumerate() {
+            if ANNEX_K.0[0][s] != 0 {
+                *f = self.counts[s].saturating_add(1);
+            }
+        }
+        let spec = build_optimal(&freq);
+        let table = EncodeTable::new(&spec);
+        self.rates = table.len;
+    }
+
+    /// Counts the AC symbols of `block` as the writer will code them.
+    fn count(&mut self, block: &[i16; 64]) {
+        let mut m = nonzero_mask(block) & !1;
+        let mut last = 0u32;
+        while m != 0 {
+            let k = m.trailing_zeros();
+            m &= m - 1;
+            let mut run = k - last - 1;
+            while run >= 16 {
+                self.counts[0xF0] += 1;
+                run -= 16;
+            }
+            let size = 16 - block[k as usize].unsigned_abs().leading_zeros();
+            self.counts[((run << 4) | size) as usize & 0xFF] += 1;
+            last = k;
+        }
+        if last != 63 {
+            self.counts[0] += 1;
+        }
+        self.blocks += 1;
+        if self.blocks == self.refit_at {
+            self.refit();
+            self.refit_at = self.refit_at.saturating_mul(2);
+        }
+    }
+
+    /// Rewrites `block`'s AC coefficients (zigzag; as rounded, and the signs they have) to the
+    /// rate-distortion optimum. `x` holds the block's unquantised coefficients on the same
+    /// scale (coefficient x step), zigzag. Only lowers magnitudes or zeroes, so the result
+    /// always fits where the rounded block did.
+    pub(crate) fn apply(&mut self, block: &mut [i16; 64], x: &[f32; 64]) {
+        self.choose(block, x);
+        self.count(block);
+    }
+
+    fn choose(&self, block: &mut [i16; 64], x: &[f32; 64]) {
+        let nonzero = nonzero_mask(block) & !1;
+        if nonzero == 0 {
+            return;
+        }
+        // Error of zeroing position k, in squared steps, summed over 1..=k; and the energy.
+        let mut zero_err = [0f32; 64];
+        let (mut acc, mut energy) = (0f32, 0f32);
+        for k in 1..64 {
+            let m = x[k] * self.recip[k];
+            acc += m * m;
+            zero_err[k] = acc;
+            energy += x[k] * x[k];
+        }
+        let weight = LAMBDA_SCALE / (LAMBDA_FLOOR + energy / 63.0);
+        let rates = &self.rates;
+        let (eob, zrl) = (f32::from(rates[0x00]), f32::from(rates[0xF0]));
+
+        // cost[i]: least cost of coding positions 1..=i with i the last nonzero one;
+        // from[i] the nonzero before it (0: none), value[i] its magnitude.
+        let mut cost = [0f32; 64];
+        let mut from = [0u8; 64];
+        let mut value = [0i16; 64];
+        let mut m = nonzero;
+        let mut prior = 1u64; // positions that may precede: the start, then each nonzero
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let rounded = block[i].unsigned_abs();
+            let size = 16 - rounded.leading_zeros();
+            if size > 10 {
+                // Outside baseline range: the writer reports it; nothing to decide here.
+                return;
+            }
+            let target = x[i].abs() * self.recip[i];
+            // Candidates: the largest magnitude of each category up to the rounded one's,
+            // which has the least error in its category (smaller ones only add error).
+            let mut cand = [(0i16, 0u32, 0f32); 10];
+            for (s, c) in cand.iter_mut().enumerate().take(size as usize) {
+                let v = if s + 1 == size as usize {
+                    rounded as i16
+                } else {
+                    (2i16 << s) - 1
+                };
+                let e = f32::from(v) - target;
+                *c = (v, s as u32 + 1, e * e * weight);
+            }
+            let mut best = (f32::INFINITY, 0u8, 0i16);
+            let mut p = prior;
+            while p != 0 {
+                let j = p.trailing_zeros() as usize;
+                p &= p - 1;
+                let gap = i - 1 - j;
+                let base = cost[j]
+                    + (zero_err[i - 1] - zero_err[j]) * weight
+                    + (gap >> 4) as f32 * zrl;
+                let run = (gap & 15) << 4;
+                for &(v, s, err) in &cand[..size as usize] {
+                    let bits = rates[run | s as usize];
+                    let c = base + f32::from(bits) + s as f32 + err;
+                    if c < best.0 {
+                        best = (c, j as u8, v);
+                    }
+                }
+            }
+            cost[i] = best.0;
+            from[i] = best.1;
+            value[i] = best.2;
+            prior |= 1u64 << i;
+        }
+        // Where the block ends: after the best last nonzero, or nothing but the EOB.
+        let mut end = (zero_err[63] * weight + eob, 0usize);
+        let mut p = nonzero;
+        while p != 0 {
+            let i = p.trailing_zeros() as usize;
+            p &= p - 1;
+            let tail = if i < 63 { eob } else { 0.0 };
+            let c = cost[i] + (zero_err[63] - zero_err[i]) * weight + tail;
+            if c < end.0 {
+                end = (c, i);
+            }
+        }
+        let signs: [bool; 64] = std::array::from_fn(|k| block[k] < 0);
+        block[1..].fill(0);
+        let mut i = end.1;
+        while i != 0 {
+            block[i] = if signs[i] { -value[i] } else { value[i] };
+            i = usize::from(from[i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annex_k_rates_are_a_complete_prefix_code() {
+        for (t, rates) in ANNEX_K.0.iter().enumerate() {
+            let used: Vec<u8> = rates.iter().copied().filter(|&l| l > 0).collect();
+            assert_eq!(used.len(), 162, "table {t}");
+            // Kraft sum of a full table is 1 (Annex K leaves the all-ones code unused).
+            let kraft: f64 = used.iter().map(|&l| 0.5f64.powi(i32::from(l))).sum();
+            assert!((kraft - (1.0 - 0.5f64.powi(16))).abs() < 1e-12, "table {t}: {kraft}");
+        }
+        assert_eq!(ANNEX_K.0[0][0x00], 4); // luma EOB: 1010
+        assert_eq!(ANNEX_K.0[0][0x01], 2);
+        assert_eq!(ANNEX_K.0[1][0x00], 2); // chroma EOB: 00
+        assert_eq!(ANNEX_K.0[0][0xF0], 11);
+    }
+}
+
