@@ -246,9 +246,11 @@ pub struct Config {
     pub never_larger: bool,
 
     /// Speed versus size of JPEG outputs: 0, the fastest, is libjpeg's tables as libjpeg-turbo
-    /// uses them; 1 a table tuned for perceived quality, scaled so that outputs still look at
-    /// least as good as libjpeg-turbo's at the same quality setting (docs/performance.md).
-    #[arg(long, env = "IMGBATCH_EFFORT", default_value = "0",
+    /// uses them; 1 a table tuned for perceived quality; 2 adds rate-distortion (trellis)
+    /// quantisation; 3, the default, also writes a progressive file where that is smaller.
+    /// Each level is calibrated so that outputs still look at least as good as libjpeg-turbo's
+    /// at the same quality setting (docs/performance.md).
+    #[arg(long, env = "IMGBATCH_EFFORT", default_value = "3",
           value_parser = |s: &str| s.parse::<crate::jpeg::Effort>())]
     pub effort: crate::jpeg::Effort,
 
@@ -527,8 +529,9 @@ mod tests {
         assert_eq!(cli.serve.effort.level(), 1);
         assert_eq!(
             Cli::parse_from(["imgbatch"]).serve.effort,
-            crate::jpeg::Effort::FASTEST
+            crate::jpeg::Effort::DEFAULT
         );
-        assert!(Cli::try_parse_from(["imgbatch", "--effort", "2"]).is_err());
+        assert_eq!(Cli::parse_from(["imgbatch"]).serve.effort.level(), 3);
+        assert!(Cli::try_parse_from(["imgbatch", "--effort", "4"]).is_err());
     }
 }

@@ -189,7 +189,12 @@ pub(super) fn block_at(coeffs: &[i16], off: usize) -> &[i16; 64] {
 
 /// Emits the DC difference of one block. Returns false if it is outside baseline range.
 #[inline]
-pub(super) fn dc_symbol<S: Sink>(sink: &mut S, t: usize, block: &[i16; 64], pred: &mut i32) -> bool {
+pub(super) fn dc_symbol<S: Sink>(
+    sink: &mut S,
+    t: usize,
+    block: &[i16; 64],
+    pred: &mut i32,
+) -> bool {
     let dc = i32::from(block[0]);
     let (size, bits) = category(dc - *pred);
     *pred = dc;

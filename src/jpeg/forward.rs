@@ -432,9 +432,12 @@ impl Front {
             },
             luma: Divisors::new(&luma_t),
             chroma: Divisors::new(&chroma_t),
-            trellis: target
-                .trellis()
-                .then(|| [Quantiser::new(&luma_t, false), Quantiser::new(&chroma_t, true)]),
+            trellis: target.trellis().then(|| {
+                [
+                    Quantiser::new(&luma_t, false),
+                    Quantiser::new(&chroma_t, true),
+                ]
+            }),
         }
     }
 }
@@ -532,9 +535,8 @@ impl Front {
                     return k.fdct_quantize(plane, at, stride, q, out, None);
                 };
                 k.fdct_quantize(plane, at, stride, q, out, Some(&mut raw));
-                let x: [f32; 64] = std::array::from_fn(|z| {
-                    raw[usize::from(ZIGZAG_FROM_OUTPUT[z])] as f32 * 0.125
-                });
+                let x: [f32; 64] =
+                    std::array::from_fn(|z| raw[usize::from(ZIGZAG_FROM_OUTPUT[z])] as f32 * 0.125);
                 tq[t].apply(out.try_into().expect("64 coefficients"), &x);
             };
             let y_comp = &mut self.img.comps[0];

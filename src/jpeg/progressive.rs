@@ -83,7 +83,12 @@ fn flush_eobrun<S: Sink>(sink: &mut S, eobrun: &mut u32) {
 
 /// Emits band `ss..=se` of one block in a first AC scan. False if a value is outside range.
 #[inline]
-fn band_symbols<S: Sink>(sink: &mut S, block: &[i16; 64], (ss, se): (u8, u8), eobrun: &mut u32) -> bool {
+fn band_symbols<S: Sink>(
+    sink: &mut S,
+    block: &[i16; 64],
+    (ss, se): (u8, u8),
+    eobrun: &mut u32,
+) -> bool {
     let band = (u64::MAX >> (63 - se)) & !((1u64 << ss) - 1);
     let mut mask = nonzero_mask(block) & band;
     if mask == 0 {
@@ -196,8 +201,11 @@ pub(super) fn write(img: &Image, counter: &Counter, plan: &Plan) -> Result<Vec<u
     let nc = img.comps.len();
     let (dc_specs, _) = baseline_specs(img, counter);
     let mut out = frame_headers(img, 0xC2)?;
-    let tables: Vec<(u8, usize, &HuffSpec)> =
-        dc_specs.iter().enumerate().map(|(t, s)| (0, t, s)).collect();
+    let tables: Vec<(u8, usize, &HuffSpec)> = dc_specs
+        .iter()
+        .enumerate()
+        .map(|(t, s)| (0, t, s))
+        .collect();
     push_dht(&mut out, &tables);
     let mut sos = vec![nc as u8];
     for (ci, c) in img.comps.iter().enumerate() {
@@ -240,4 +248,92 @@ pub(super) fn write(img: &Image, counter: &Counter, plan: &Plan) -> Result<Vec<u
     }
     out.extend_from_slice(&[0xFF, 0xD9]);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::encode::baseline_counts;
+    use super::super::parse::read_coefficients;
+    use super::*;
+
+    /// A gray frame of `bw` x `bh` blocks whose AC is zero except in every `every`-th block.
+    fn sparse(bw: usize, bh: usize, every: usize) -> Image {
+        let mut coeffs = vec![0i16; bw * bh * 64];
+        for (i, b) in coeffs.chunks_exact_mut(64).enumerate() {
+            b[0] = (i % 37) as i16 - 18;
+            if i % every == 0 {
+                b[1] = 3;
+                b[2 + i % 60] = -1;
+                b[63] = if i % 2 == 0 { 1 } else { 0 };
+            }
+        }
+        Image {
+            width: (bw * 8) as u16,
+            height: (bh * 8) as u16,
+            progressive: false,
+            mcux: bw,
+            mcuy: bh,
+            comps: vec![Component {
+                id: 1,
+                h: 1,
+                v: 1,
+                tq: 0,
+                qt: [4; 64],
+                qt_set: true,
+                bw,
+                bh,
+                w_blocks: bw,
+                h_blocks: bh,
+                coeffs,
+            }],
+            rolling: false,
+        }
+    }
+
+    /// Every split, written and read back: the coefficients survive, including end-of-band
+    /// runs longer than one symbol can count (blocks with nothing in a band, 0x7FFF at most).
+    #[test]
+    fn every_split_reads_back() {
+        for (bw, bh, every) in [(1, 1, 1), (3, 2, 2), (300, 250, 40_000), (181, 181, 7)] {
+            let img = sparse(bw, bh, every);
+            let counter = baseline_counts(&img).unwrap();
+            for split in SPLITS {
+                let plan = Plan {
+                    bands: vec![split.iter().map(|&b| BANDS[b]).collect()],
+                };
+                let out = write(&img, &counter, &plan).unwrap();
+                let back = read_coefficients(&out).unwrap();
+                assert!(back.progressive);
+                assert!(
+                    back.comps[0].coeffs == img.comps[0].coeffs,
+                    "{bw}x{bh} {split:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_planner_prefers_progressive_only_when_it_is_smaller() {
+        // Mostly empty blocks: end-of-band runs win.
+        let img = sparse(300, 250, 40_000);
+        let counter = baseline_counts(&img).unwrap();
+        let chosen = plan(&img, &counter)
+            .unwrap()
+            .expect("progressive is smaller");
+        let prog = write(&img, &counter, &chosen).unwrap();
+        let base = super::super::encode::write_baseline(&img).unwrap();
+        assert!(prog.len() < base.len(), "{} vs {}", prog.len(), base.len());
+        // One tiny block: the extra headers cost more than anything saved.
+        let img = sparse(1, 1, 1);
+        let counter = baseline_counts(&img).unwrap();
+        assert!(plan(&img, &counter).unwrap().is_none());
+    }
+
+    #[test]
+    fn extra_bits_follow_t81() {
+        assert_eq!(extra_bits(0x00), 0); // EOB / EOB0
+        assert_eq!(extra_bits(0xF0), 0); // ZRL
+        assert_eq!(extra_bits(0xE0), 14); // EOB14
+        assert_eq!(extra_bits(0x35), 5);
+    }
 }

@@ -8,13 +8,23 @@ use super::{scaled_table, STD_CHROMA_QT, STD_LUMA_QT};
 /// (`IMGBATCH_EFFORT`). 0 is the fastest end: libjpeg's Annex K tables, as libjpeg-turbo makes
 /// them. 1 takes a table tuned for perceived quality ([`KLEIN`]) at quality settings 20-80,
 /// scaled at a setting calibrated so outputs still look at least as good as libjpeg-turbo's at
-/// the same number ([`PERCEPTUAL`]); it costs no time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+/// the same number ([`PERCEPTUAL`]); it costs no time. 2 adds rate-distortion quantisation
+/// (`trellis`), with its own calibration; 3 lets the writer code a file progressively when
+/// that is smaller (`progressive`), which changes no pixel. Each level keeps the ones below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Effort(u8);
 
+impl Default for Effort {
+    fn default() -> Effort {
+        Effort::DEFAULT
+    }
+}
+
 impl Effort {
-    /// Today's encoder.
+    /// The encoder as it was before efforts: libjpeg's tables, rounding, baseline.
     pub const FASTEST: Effort = Effort(0);
+    /// The service's default: the smallest files at the same perceived quality.
+    pub const DEFAULT: Effort = Effort(3);
     /// The highest level there is.
     pub const MAX: u8 = 3;
 
@@ -73,9 +83,10 @@ impl Target {
     }
 
     /// Whether AC coefficients are chosen by rate and distortion (`trellis`) rather than
-    /// rounded: effort 2 and up.
+    /// rounded: effort 2 and up, at the settings it was calibrated for (outside them the
+    /// fastest effort's rounding keeps the quality scale honest).
     pub(crate) fn trellis(self) -> bool {
-        self.effort.0 >= 2
+        self.effort.0 >= 2 && self.perceptual().is_some()
     }
 
     /// Whether the writer may code the output progressively, when that is smaller: effort 3.
@@ -123,21 +134,23 @@ const PERCEPTUAL: [(u8, u8); 13] = [
     (80, 82),
 ];
 
-/// Effort 2's calibration (the table with trellis quantisation), made the same way.
+/// Efforts 2 and 3's calibration (the table with trellis quantisation; progressive coding
+/// changes no pixel), made the same way with `--effort 3` at settings 20-95: trellis drops
+/// coefficients that rounding keeps, so each setting takes a finer scale than effort 1's.
 const PERCEPTUAL_TRELLIS: [(u8, u8); 13] = [
-    (20, 20),
-    (25, 25),
-    (30, 29),
-    (35, 32),
-    (40, 36),
-    (45, 42),
-    (50, 47),
-    (55, 52),
-    (60, 57),
-    (65, 60),
-    (70, 67),
-    (75, 75),
-    (80, 82),
+    (20, 25),
+    (25, 30),
+    (30, 35),
+    (35, 40),
+    (40, 45),
+    (45, 52),
+    (50, 57),
+    (55, 60),
+    (60, 64),
+    (65, 69),
+    (70, 75),
+    (75, 79),
+    (80, 84),
 ];
 
 /// The setting [`KLEIN`] is scaled at for `quality`, linear between the calibrated anchors;
@@ -174,7 +187,8 @@ mod tests {
         for bad in ["4", "-1", "", "fast", "1.5", "256"] {
             assert!(bad.parse::<Effort>().is_err(), "{bad:?}");
         }
-        assert_eq!(Effort::default(), Effort::FASTEST);
+        assert_eq!(Effort::default(), Effort::DEFAULT);
+        assert_eq!(Effort::DEFAULT.level(), Effort::MAX);
     }
 
     #[test]

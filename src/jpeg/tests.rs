@@ -1277,3 +1277,97 @@ fn o_default() -> Enc {
         grayscale: false,
     }
 }
+
+fn effort(level: u8) -> Effort {
+    Effort::new(level).unwrap()
+}
+
+/// The effort-1 target with the same tables as effort 2 at `quality`: rounding against
+/// trellis with nothing else different.
+fn rounding_twin(quality: u8) -> Target {
+    let want = Target::new(quality, effort(2)).luma();
+    (1..=100)
+        .map(|q| Target::new(q, effort(1)))
+        .find(|t| t.luma() == want)
+        .expect("an effort-1 setting with the same table")
+}
+
+/// Effort 3 writes exactly effort 2's coefficients, progressively where that is smaller (and
+/// never more than a scan's padding larger), and decoders show the same pixels; effort 2's
+/// trellis makes outputs smaller than effort 1's rounding.
+#[test]
+fn progressive_output_keeps_every_coefficient() {
+    let sizes = [(1, 1), (17, 9), (77, 45), (257, 131), (480, 320)];
+    let (mut progressive, mut cases) = (0, 0);
+    for (label, w, h, o) in fast_path_cases(&sizes, &[90]) {
+        let input = encode_case(w, h, o);
+        for q in [30, 60] {
+            let label = format!("{label} -> q{q}");
+            let rounded = requantize_to(&input, rounding_twin(q)).unwrap();
+            let baseline = requantize_to(&input, Target::new(q, effort(2))).unwrap();
+            let best = requantize_to(&input, Target::new(q, effort(3))).unwrap();
+            assert_same_coeffs(&baseline.jpeg, &best.jpeg, &label);
+            assert!(!info(&baseline.jpeg).unwrap().progressive, "{label}");
+            assert!(best.jpeg.len() <= baseline.jpeg.len() + 16, "{label}");
+            if w * h >= 1000 {
+                assert!(baseline.jpeg.len() < rounded.jpeg.len(), "{label}");
+            }
+            if info(&best.jpeg).unwrap().progressive {
+                progressive += 1;
+                assert!(best.jpeg.len() < baseline.jpeg.len(), "{label}");
+                assert!(
+                    decode(&best.jpeg) == decode(&baseline.jpeg),
+                    "{label}: pixels"
+                );
+            }
+            cases += 1;
+        }
+    }
+    assert!(
+        progressive > 0 && progressive < cases,
+        "{progressive} of {cases} progressive"
+    );
+}
+
+/// The pixel path at effort 3: the same coefficients as effort 2 (so the same pixels), in
+/// whichever layout is smaller; gray and colour.
+#[test]
+fn pixel_path_efforts_agree_on_coefficients() {
+    let (w, h) = (301u16, 203u16);
+    let rgb = photo(u32::from(w), u32::from(h), 5);
+    for (px, layout) in [
+        (gray(&rgb), PixelLayout::Gray),
+        (rgb.clone(), PixelLayout::Rgb),
+    ] {
+        let two = encode_pixels(px.clone(), w, h, layout, Target::new(50, effort(2))).unwrap();
+        let three = encode_pixels(px.clone(), w, h, layout, Target::new(50, effort(3))).unwrap();
+        let one = encode_pixels(px, w, h, layout, rounding_twin(50)).unwrap();
+        assert_same_coeffs(&two, &three, &format!("{layout:?}"));
+        assert!(two.len() < one.len(), "{layout:?}: trellis saved nothing");
+        assert!(decode(&two) == decode(&three));
+    }
+}
+
+/// Outputs at the highest effort, progressive ones included, decode in libjpeg-turbo without
+/// a warning, to the pixels zune-jpeg gives.
+#[test]
+fn highest_effort_outputs_decode_cleanly_in_libjpeg() {
+    if !djpeg_present("highest_effort_outputs_decode_cleanly_in_libjpeg") {
+        return;
+    }
+    let sizes = [(1, 1), (17, 9), (77, 45), (480, 320)];
+    let mut progressive = 0;
+    for (label, w, h, o) in fast_path_cases(&sizes, &[90]) {
+        let input = encode_case(w, h, o);
+        for q in [20, 50, 85] {
+            let out = requantize_to(&input, Target::new(q, effort(Effort::MAX))).unwrap();
+            progressive += usize::from(info(&out.jpeg).unwrap().progressive);
+            let d = djpeg(&out.jpeg);
+            assert!(d.ok && d.stderr.is_empty(), "{label} q{q}: {}", d.stderr);
+            let (dw, dh, ours) = decode(&out.jpeg);
+            assert_eq!((d.width, d.height), (dw, dh), "{label} q{q}");
+            assert!(psnr(&d.samples, &ours) > 40.0, "{label} q{q}");
+        }
+    }
+    assert!(progressive > 0);
+}

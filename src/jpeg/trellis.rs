@@ -24,15 +24,15 @@ pub(crate) struct Rates([[u8; 256]; 2]);
 /// every other run/size symbol has a 16-bit code.
 const LUMA_BITS: [u8; 15] = [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1];
 const LUMA_SHORT: [u8; 37] = [
-    0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61,
-    0x07, 0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52,
-    0xd1, 0xf0, 0x24, 0x33, 0x62, 0x72, 0x82,
+    0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07,
+    0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52, 0xd1, 0xf0,
+    0x24, 0x33, 0x62, 0x72, 0x82,
 ];
 const CHROMA_BITS: [u8; 15] = [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2];
 const CHROMA_SHORT: [u8; 43] = [
-    0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61,
-    0x71, 0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33,
-    0x52, 0xf0, 0x15, 0x62, 0x72, 0xd1, 0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1,
+    0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61, 0x71,
+    0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33, 0x52, 0xf0,
+    0x15, 0x62, 0x72, 0xd1, 0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1,
 ];
 
 const fn annex_k(bits: &[u8; 15], short: &[u8]) -> [u8; 256] {
@@ -207,9 +207,8 @@ impl Quantiser {
                 let j = p.trailing_zeros() as usize;
                 p &= p - 1;
                 let gap = i - 1 - j;
-                let base = cost[j]
-                    + (zero_err[i - 1] - zero_err[j]) * weight
-                    + (gap >> 4) as f32 * zrl;
+                let base =
+                    cost[j] + (zero_err[i - 1] - zero_err[j]) * weight + (gap >> 4) as f32 * zrl;
                 let run = (gap & 15) << 4;
                 for &(v, s, err) in &cand[..size as usize] {
                     let bits = rates[run | s as usize];
@@ -250,6 +249,163 @@ impl Quantiser {
 mod tests {
     use super::*;
 
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// The objective `apply` minimises, for a block it could output.
+    fn cost(q: &Quantiser, block: &[i16; 64], x: &[f32; 64]) -> f32 {
+        let energy: f32 = x[1..].iter().map(|v| v * v).sum();
+        let weight = LAMBDA_SCALE / (LAMBDA_FLOOR + energy / 63.0);
+        let mut total = 0f32;
+        let mut last = 0;
+        for k in 1..64 {
+            let e = f32::from(block[k]) - x[k] * q.recip[k];
+            total += e * e * weight;
+            if block[k] != 0 {
+                let mut run = k - last - 1;
+                while run >= 16 {
+                    total += f32::from(q.rates[0xF0]);
+                    run -= 16;
+                }
+                let size = 16 - block[k].unsigned_abs().leading_zeros() as usize;
+                total += f32::from(q.rates[(run << 4) | size]) + size as f32;
+                last = k;
+            }
+        }
+        if last != 63 {
+            total += f32::from(q.rates[0]);
+        }
+        total
+    }
+
+    /// Random sparse blocks: a few nonzero coefficients anywhere, with values near rounding
+    /// boundaries and category edges, where the choice is close.
+    fn random_block(x: &mut u64, q: &[u16; 64]) -> ([i16; 64], [f32; 64]) {
+        let mut raw = [0f32; 64];
+        raw[0] = (xorshift(x) % 2000) as f32 - 1000.0;
+        let n = 1 + xorshift(x) % 6;
+        for _ in 0..n {
+            let k = 1 + (xorshift(x) % 63) as usize;
+            let steps = match xorshift(x) % 4 {
+                0 => 0.5 + (xorshift(x) % 100) as f32 / 100.0,
+                1 => (xorshift(x) % 40) as f32 / 4.0,
+                2 => 3.5 + (xorshift(x) % 20) as f32 / 20.0,
+                _ => (xorshift(x) % 400) as f32 / 7.0,
+            };
+            let sign = if xorshift(x) % 2 == 0 { 1.0 } else { -1.0 };
+            raw[k] = sign * steps * f32::from(q[k]);
+        }
+        // Sub-step noise elsewhere: zero when rounded, but it counts as error.
+        for (k, v) in raw.iter_mut().enumerate().skip(1) {
+            if *v == 0.0 {
+                *v = ((xorshift(x) % 81) as f32 - 40.0) / 100.0 * f32::from(q[k]);
+            }
+        }
+        let rounded = std::array::from_fn(|k| (raw[k] / f32::from(q[k])).round() as i16);
+        (rounded, raw)
+    }
+
+    /// Every block `apply` may choose among: each nonzero keeps its value, takes the top of a
+    /// lower category, or becomes zero.
+    fn all_choices(block: &[i16; 64]) -> Vec<[i16; 64]> {
+        let mut out = vec![*block];
+        for k in 1..64 {
+            let v = block[k];
+            if v == 0 {
+                continue;
+            }
+            let size = 16 - v.unsigned_abs().leading_zeros();
+            let mut options = vec![0i16, v];
+            for s in 0..size - 1 {
+                options.push(v.signum() * ((2i16 << s) - 1));
+            }
+            out = out
+                .into_iter()
+                .flat_map(|b| {
+                    options.iter().map(move |&o| {
+                        let mut b = b;
+                        b[k] = o;
+                        b
+                    })
+                })
+                .collect();
+        }
+        out
+    }
+
+    #[test]
+    fn trellis_finds_the_cheapest_block() {
+        let table = crate::jpeg::scaled_table(&crate::jpeg::KLEIN, 50);
+        for chroma in [false, true] {
+            let q = Quantiser::new(&table, chroma);
+            let mut x = 0x1234_5678_9ABC_DEF1u64;
+            let mut changed = 0;
+            for _ in 0..3000 {
+                let (rounded, raw) = random_block(&mut x, &table);
+                let mut got = rounded;
+                q.choose(&mut got, &raw);
+                assert_eq!(got[0], rounded[0], "DC is left alone");
+                for k in 1..64 {
+                    // Never larger, never flipped.
+                    assert!(got[k].unsigned_abs() <= rounded[k].unsigned_abs());
+                    assert!(got[k] == 0 || got[k].signum() == rounded[k].signum());
+                }
+                let best = all_choices(&rounded)
+                    .iter()
+                    .map(|b| cost(&q, b, &raw))
+                    .fold(f32::INFINITY, f32::min);
+                let c = cost(&q, &got, &raw);
+                assert!(
+                    c <= best + 1e-3 * best.abs().max(1.0),
+                    "{c} > {best}: {got:?}"
+                );
+                changed += usize::from(got != rounded);
+            }
+            // The test would pass for a trellis that never changes anything only if rounding
+            // were always best; it is not.
+            assert!(changed > 300, "only {changed} blocks changed");
+        }
+    }
+
+    #[test]
+    fn a_lone_far_coefficient_goes_and_a_strong_one_stays() {
+        let table = crate::jpeg::scaled_table(&crate::jpeg::KLEIN, 50);
+        let q = Quantiser::new(&table, false);
+        let mut raw = [0f32; 64];
+        raw[0] = 400.0;
+        raw[1] = 20.0 * f32::from(table[1]);
+        raw[50] = 0.6 * f32::from(table[50]);
+        let mut block: [i16; 64] =
+            std::array::from_fn(|k| (raw[k] / f32::from(table[k])).round() as i16);
+        assert_eq!((block[1], block[50]), (20, 1));
+        q.choose(&mut block, &raw);
+        assert_eq!((block[1], block[50]), (20, 0));
+    }
+
+    #[test]
+    fn rates_follow_the_symbols_chosen() {
+        let table = [8u16; 64];
+        let mut q = Quantiser::new(&table, false);
+        let before = q.rates;
+        // Only (run 0, size 1) then EOB, over and over: their codes must get short.
+        let mut block = [0i16; 64];
+        block[1] = 1;
+        let raw: [f32; 64] = std::array::from_fn(|k| if k == 1 { 8.0 } else { 0.0 });
+        for _ in 0..FIRST_REFIT {
+            let mut b = block;
+            q.apply(&mut b, &raw);
+            assert_eq!(b, block);
+        }
+        assert_ne!(q.rates, before);
+        assert!(q.rates[0x01] <= 2 && q.rates[0x00] <= 2);
+        // Every symbol keeps a code.
+        assert!((1..=10).all(|size| q.rates[0xF0 | size] > 0 && q.rates[size] > 0));
+    }
+
     #[test]
     fn annex_k_rates_are_a_complete_prefix_code() {
         for (t, rates) in ANNEX_K.0.iter().enumerate() {
@@ -257,7 +413,10 @@ mod tests {
             assert_eq!(used.len(), 162, "table {t}");
             // Kraft sum of a full table is 1 (Annex K leaves the all-ones code unused).
             let kraft: f64 = used.iter().map(|&l| 0.5f64.powi(i32::from(l))).sum();
-            assert!((kraft - (1.0 - 0.5f64.powi(16))).abs() < 1e-12, "table {t}: {kraft}");
+            assert!(
+                (kraft - (1.0 - 0.5f64.powi(16))).abs() < 1e-12,
+                "table {t}: {kraft}"
+            );
         }
         assert_eq!(ANNEX_K.0[0][0x00], 4); // luma EOB: 1010
         assert_eq!(ANNEX_K.0[0][0x01], 2);
@@ -265,4 +424,3 @@ mod tests {
         assert_eq!(ANNEX_K.0[0][0xF0], 11);
     }
 }
-
