@@ -456,6 +456,7 @@ fn bench_4000x3000_jpeg() {
             max_height: side,
         },
         format,
+        effort: std::env::var("COMPRESS_BENCH_EFFORT").map_or(OPTS.effort, |e| e.parse().unwrap()),
         ..OPTS
     };
     // Beside the process's peak RSS (`/usr/bin/time -v`), what the budget reserves for it.
