@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use imgbatch::compress::judge_for_every_kind;
 use imgbatch::csv_input::{parse_csv, CsvLimits, MAX_REPORTED_ERRORS};
-use imgbatch::jpeg::{info, optimize_huffman, requantize};
+use imgbatch::jpeg::{info, optimize_huffman, requantize, requantize_to, Effort, Target};
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -131,6 +131,20 @@ fn check_jpeg(data: &[u8]) -> bool {
             again.jpeg == r.jpeg,
             "requantize is not idempotent at q{quality}"
         );
+    }
+
+    // The highest effort (trellis, progressive where smaller): a readable frame of the same
+    // size, which reads back through the Huffman pass (progressive scans included).
+    let highest = Target::new(
+        quality,
+        Effort::new(Effort::MAX).expect("the highest effort"),
+    );
+    if let Ok(r) = requantize_to(jpeg, highest) {
+        assert_eq!((r.width, r.height), (head.width, head.height));
+        let i = info(&r.jpeg).expect("info of the highest effort's output");
+        assert!(i.unsupported.is_none(), "unsupported: {:?}", i.unsupported);
+        let rewritten = optimize_huffman(&r.jpeg).expect("the highest effort's output reads back");
+        check_jpeg_output(&rewritten, r.width, r.height);
     }
     accepted
 }

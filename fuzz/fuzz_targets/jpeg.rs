@@ -11,7 +11,7 @@
 //! `check_jpeg` makes the same calls and checks and must be kept in step with this file.
 #![no_main]
 
-use imgbatch::jpeg::{info, optimize_huffman, requantize};
+use imgbatch::jpeg::{info, optimize_huffman, requantize, requantize_to, Effort, Target};
 use libfuzzer_sys::fuzz_target;
 
 /// The service refuses anything larger than IMGBATCH_MAX_IMAGE_PIXELS from the header before
@@ -64,6 +64,20 @@ fuzz_target!(|data: &[u8]| {
             again.jpeg == r.jpeg,
             "requantize is not idempotent at q{quality}"
         );
+    }
+
+    // The highest effort (trellis, progressive where smaller): a readable frame of the same
+    // size, which reads back through the Huffman pass (progressive scans included).
+    let highest = Target::new(
+        quality,
+        Effort::new(Effort::MAX).expect("the highest effort"),
+    );
+    if let Ok(r) = requantize_to(jpeg, highest) {
+        assert_eq!((r.width, r.height), (head.width, head.height));
+        let i = info(&r.jpeg).expect("info of the highest effort's output");
+        assert!(i.unsupported.is_none(), "unsupported: {:?}", i.unsupported);
+        let rewritten = optimize_huffman(&r.jpeg).expect("the highest effort's output reads back");
+        check_output(&rewritten, r.width, r.height);
     }
 });
 

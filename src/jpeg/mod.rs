@@ -13,8 +13,9 @@
 //! any sampling factors) or progressive (SOF2, spectral selection and successive
 //! approximation), 8-bit, Huffman-coded.
 //!
-//! Output is always one baseline interleaved scan (SOI, DQT, SOF0, DHT, SOS, data, EOI) with all
-//! metadata stripped. Inputs that cannot be represented that way without changing what they
+//! Output is one baseline interleaved scan (SOI, DQT, SOF0, DHT, SOS, data, EOI) with all
+//! metadata stripped; at effort 3 ([`Effort`]) a progressive file with spectral selection
+//! instead, where that is smaller (`progressive`). Inputs that cannot be represented that way without changing what they
 //! mean (arithmetic coding, 12-bit, lossless, CMYK/YCCK, Adobe RGB transform, ...) are refused
 //! with a reason, so the caller can take the pixel path.
 //!
@@ -23,9 +24,10 @@
 //!
 //! Layout: `bitread` (entropy-coded segment reader), `huffman` (decode tables, optimal table
 //! construction, encode tables), `parse` (markers and the scan loop), `decode` (scan decoding
-//! into coefficient buffers), `requant` (rescaling to the target tables), `resample` (chroma
-//! halving), `encode` (bit writer and the baseline writer), `strip` (metadata removal for outputs
-//! kept as they are).
+//! into coefficient buffers), `requant` (rescaling to the target tables), `trellis`
+//! (rate-distortion quantisation of a block), `resample` (chroma halving), `encode` (bit writer
+//! and the baseline writer), `progressive` (the progressive writer and its planner), `tables`
+//! (efforts and quantisation tables), `strip` (metadata removal for outputs kept as they are).
 
 mod bitread;
 mod decode;

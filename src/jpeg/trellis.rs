@@ -345,7 +345,11 @@ mod tests {
                 2 => 3.5 + (xorshift(x) % 20) as f32 / 20.0,
                 _ => (xorshift(x) % 400) as f32 / 7.0,
             };
-            let sign = if xorshift(x).is_multiple_of(2) { 1.0 } else { -1.0 };
+            let sign = if xorshift(x).is_multiple_of(2) {
+                1.0
+            } else {
+                -1.0
+            };
             raw[k] = sign * steps * f32::from(q[k]);
         }
         // Sub-step noise elsewhere: zero when rounded, but it counts as error.
