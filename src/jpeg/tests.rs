@@ -1309,7 +1309,7 @@ fn progressive_output_keeps_every_coefficient() {
             assert_same_coeffs(&baseline.jpeg, &best.jpeg, &label);
             assert!(!info(&baseline.jpeg).unwrap().progressive, "{label}");
             assert!(best.jpeg.len() <= baseline.jpeg.len() + 16, "{label}");
-            if w * h >= 1000 {
+            if u32::from(w) * u32::from(h) >= 1000 {
                 assert!(baseline.jpeg.len() < rounded.jpeg.len(), "{label}");
             }
             if info(&best.jpeg).unwrap().progressive {
